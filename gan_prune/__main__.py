@@ -1,0 +1,3 @@
+from gan_prune.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The bundled teacher, built-in example networks and the demo pipeline."""

@@ -1,0 +1,1 @@
+"""Fine-tuning the pruned generator: DiME, NICKEL, adversarial losses and the training loop."""

@@ -1,0 +1,1 @@
+"""FID, KID and precision/recall with Inception or the bundled effnet-lite0 detector."""

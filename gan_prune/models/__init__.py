@@ -1,0 +1,1 @@
+"""Frozen third-party architectures we implement ourselves (weights come from local files)."""

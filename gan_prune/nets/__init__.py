@@ -1,0 +1,1 @@
+"""Network definitions of our own: the slim generator and its cost model."""

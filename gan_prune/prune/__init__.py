@@ -1,0 +1,1 @@
+"""Channel importance, mask providers, the rate solver and network surgery."""

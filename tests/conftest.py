@@ -1,0 +1,30 @@
+"""Shared fixtures: where the golden reference data lives, and deterministic small networks."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _golden_dir() -> Path:
+    env = os.environ.get('GAN_PRUNE_GOLDEN')
+    return Path(env) if env else REPO.parent / 'shared' / 'golden'
+
+
+@pytest.fixture(scope='session')
+def golden_dir() -> Path:
+    """../shared/golden next to the checkout (or $GAN_PRUNE_GOLDEN). In CI its absence is a failure, not a skip."""
+    d = _golden_dir()
+    if not (d / 'README.md').is_file():
+        if os.environ.get('CI'):
+            pytest.fail(f'golden reference data not found at {d}')
+        pytest.skip(f'golden reference data not found at {d} (set GAN_PRUNE_GOLDEN)')
+    return d
+
+
+@pytest.fixture(scope='session')
+def repo_root() -> Path:
+    return REPO

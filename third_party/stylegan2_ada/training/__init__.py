@@ -1,0 +1,1 @@
+"""Networks (and the ADA augmentation pipeline) with the public interface of stylegan2-ada-pytorch."""
