@@ -1,17 +1,17 @@
 """`gan-prune env`: versions, devices, the active ops implementation, cache and weight locations."""
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import json
 import platform
 
 import click
 
 
-def _version(module: str) -> str:
+def _version(distribution: str) -> str:
     try:
-        return str(getattr(importlib.import_module(module), '__version__', 'installed'))
-    except Exception:  # pylint: disable=broad-except
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
         return 'not installed'
 
 
@@ -23,8 +23,8 @@ def environment_report() -> dict:
         gan_prune=__version__,
         python=platform.python_version(),
         platform=platform.platform(),
-        packages={m: _version(m) for m in ('torch', 'torchvision', 'numpy', 'scipy', 'open_clip', 'click', 'tqdm',
-                                            'requests', 'PIL')},
+        packages={d: _version(d) for d in ('torch', 'torchvision', 'numpy', 'scipy', 'open_clip_torch', 'click',
+                                            'tqdm', 'requests', 'pillow')},
         torch_threads=torch.get_num_threads(),
         cuda_available=torch.cuda.is_available(),
         cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],

@@ -149,7 +149,7 @@ def discriminator_cost(D: torch.nn.Module) -> CostReport:
     fromrgb = getattr(epi, 'fromrgb', None)
     if fromrgb is not None:
         macs += _conv_macs(fromrgb.weight, 4)
-    report.blocks.append(BlockCost('b4', 4, int(epi.conv.weight.shape[1]), int(epi.out.weight.shape[0]),
+    report.blocks.append(BlockCost('b4', 4, int(epi.conv.weight.shape[0]), int(epi.out.weight.shape[0]),
                                    _numel(epi), macs))
     mapping = getattr(D, 'mapping', None)
     if mapping is not None:

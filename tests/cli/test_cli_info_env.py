@@ -1,0 +1,80 @@
+"""`gan-prune info` and `gan-prune env`, and the one-line error contract of the CLI."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gan_prune.cli import main
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def run_ok(args, capsys):
+    main(args)
+    return capsys.readouterr().out
+
+
+def test_help_lists_commands(capsys):
+    out = run_ok(['--help'], capsys)
+    assert 'info' in out and 'env' in out
+
+
+def test_info_builtin_tables(capsys):
+    out = run_ok(['info', '--pkl', 'builtin:tiny32'], capsys)
+    assert 'generator:  Generator  32x32x3' in out
+    for block in ('b4', 'b8', 'b16', 'b32', 'mapping'):
+        assert f'\n  {block} ' in out
+    assert 'Discriminator' in out and 'total' in out
+
+
+def test_info_json_totals_match_cost_model(capsys):
+    from gan_prune.demo.builtin import load_builtin
+    from gan_prune.nets.cost import generator_cost
+    summary = json.loads(run_ok(['info', '--pkl', 'builtin:tiny32', '--json'], capsys))
+    G = load_builtin('tiny32')['G_ema']
+    assert summary['generator']['cost']['total_macs'] == generator_cost(G).total_macs
+    assert summary['generator']['num_ws'] == G.num_ws == 8
+    assert summary['generator']['cost']['total_params'] == sum(p.numel() for p in G.parameters())
+    total = json.loads(run_ok(['info', '--pkl', 'builtin:tiny32', '--json', '--convention', 'total'], capsys))
+    assert total['generator']['cost']['total_macs'] > summary['generator']['cost']['total_macs']
+
+
+def test_info_missing_file_is_one_line(capsys, tmp_path):
+    code, out, err = run_cli(['info', '--pkl', str(tmp_path / 'nope.pkl')], capsys)
+    assert code != 0
+    assert err.strip().startswith('error:') and 'nope.pkl' in err
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+
+
+def test_info_unknown_builtin(capsys):
+    code, _, err = run_cli(['info', '--pkl', 'builtin:nonexistent'], capsys)
+    assert code != 0 and 'builtin:tiny32' in err and len(err.strip().splitlines()) == 1
+
+
+def test_entry_point_error_has_no_traceback(tmp_path):
+    bad = tmp_path / 'bad.pkl'
+    bad.write_bytes(b'this is not a pickle')
+    proc = subprocess.run([sys.executable, '-m', 'gan_prune', 'info', '--pkl', str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    debug = subprocess.run([sys.executable, '-m', 'gan_prune', '--debug', 'info', '--pkl', str(bad)],
+                           capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0 and 'Traceback' in debug.stderr
+
+
+def test_env_reports_layer_and_ops(capsys):
+    report = json.loads(run_ok(['env', '--json'], capsys))
+    assert report['compat']['implementation'] == 'bundled clean-room layer'
+    assert report['default_device'] in ('cpu', 'cuda')
+    assert isinstance(report['ops'], dict) and report['ops']
+    assert 'face-parser' in report['weights_found']
+    text = run_ok(['env'], capsys)
+    assert 'layer:' in text and 'ops:' in text and 'cache dir:' in text
