@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickletools
 
 import click
 
@@ -12,30 +11,21 @@ from gan_prune.nets import cost
 
 
 def sniff_format(src: str) -> str:
-    """Name the on-disk format of `src` from the first global its pickle stream references (nothing is loaded)."""
+    """Name the on-disk format of `src` from the globals its pickle stream references (nothing is loaded)."""
+    from gan_prune.io.unpickler import referenced_globals
     if src.startswith('builtin:'):
         return 'built-in (built by gan_prune)'
     if '://' in src and not src.startswith('file://'):
         return 'network pickle (downloaded)'
     path = src[len('file://'):] if src.startswith('file://') else src
-    strings: list[str] = []
     try:
         with open(path, 'rb') as f:
-            for opcode, arg, _ in pickletools.genops(f):
-                if opcode.name in ('SHORT_BINUNICODE', 'BINUNICODE', 'UNICODE'):
-                    strings.append(arg)
-                elif opcode.name == 'GLOBAL':
-                    strings.append(arg.replace(' ', '.'))
-                    break
-                elif opcode.name == 'STACK_GLOBAL':
-                    strings.append('.'.join(strings[-2:]))
-                    break
+            modules = {module for module, _ in referenced_globals(f)}
     except Exception:  # pylint: disable=broad-except
         return 'unknown'
-    first = strings[-1] if strings else ''
-    if first.startswith('dnnlib.tflib.network'):
+    if 'dnnlib.tflib.network' in modules:
         return 'TensorFlow StyleGAN2(-ADA) pickle (converted on load)'
-    if first.startswith('torch_utils.persistence'):
+    if 'torch_utils.persistence' in modules:
         return 'PyTorch StyleGAN2-ADA snapshot'
     return 'pickle'
 

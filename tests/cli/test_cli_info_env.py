@@ -78,3 +78,12 @@ def test_env_reports_layer_and_ops(capsys):
     assert 'face-parser' in report['weights_found']
     text = run_ok(['env'], capsys)
     assert 'layer:' in text and 'ops:' in text and 'cache dir:' in text
+
+
+def test_tf_and_pytorch_pickles_of_same_weights_print_same_tables(capsys, golden_dir):
+    tf = run_ok(['info', '--pkl', str(golden_dir / 'tf_legacy_res32.pkl')], capsys)
+    pt = run_ok(['info', '--pkl', str(golden_dir / 'snapshot_format_res32.pkl')], capsys)
+    assert 'format:     TensorFlow' in tf and 'format:     PyTorch' in pt
+    body = lambda text: [line for line in text.splitlines() if not line.startswith(('source:', 'format:'))]
+    assert body(tf) == body(pt)
+    assert 'b32' in tf and 'total' in tf

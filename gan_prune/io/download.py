@@ -1,0 +1,151 @@
+"""Downloading network pickles over http(s) into a local cache.
+
+A URL is fetched once into <cache dir>/downloads/<md5(url)>_<file name>. The bytes are streamed into a
+`.part` file next to it (with a progress bar), checked against Content-Length and, when known, a sha256
+(given by the caller or as a `#sha256=<hex>` URL fragment), and only then renamed into place, so a file in
+the cache is always complete. Transient failures are retried; HTTP client errors are not.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.parse
+
+from gan_prune import defaults
+from gan_prune.errors import GanPruneError
+
+CACHE_ENV_VAR = 'GAN_PRUNE_CACHE_DIR'
+_CHUNK_BYTES = 1 << 20
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> str:
+    """The toolkit's cache dir: `override`, else $GAN_PRUNE_CACHE_DIR, else defaults.DOWNLOAD['cache_dir'],
+    else $DNNLIB_CACHE_DIR/gan_prune, else ~/.cache/gan_prune."""
+    if override is not None:
+        return os.fspath(override)
+    if os.environ.get(CACHE_ENV_VAR):
+        return os.environ[CACHE_ENV_VAR]
+    if defaults.DOWNLOAD.get('cache_dir'):
+        return os.fspath(defaults.DOWNLOAD['cache_dir'])
+    if os.environ.get('DNNLIB_CACHE_DIR'):
+        return os.path.join(os.environ['DNNLIB_CACHE_DIR'], 'gan_prune')
+    return os.path.join(os.path.expanduser('~'), '.cache', 'gan_prune')
+
+
+def split_checksum(url: str) -> tuple[str, str | None]:
+    """(url without fragment, sha256 from a '#sha256=<hex>' fragment or None)."""
+    base, _, fragment = url.partition('#')
+    match = re.fullmatch(r'sha256[=:]([0-9a-fA-F]{64})', fragment)
+    return base, (match.group(1).lower() if match else None)
+
+
+def cached_path(url: str, cache_dir_override: str | os.PathLike | None = None) -> str:
+    """Where `url` is (or would be) cached."""
+    base, _ = split_checksum(url)
+    name = os.path.basename(urllib.parse.urlparse(base).path) or 'download'
+    name = re.sub(r'[^0-9A-Za-z._-]', '_', name)
+    digest = hashlib.md5(base.encode('utf-8')).hexdigest()
+    return os.path.join(cache_dir(cache_dir_override), 'downloads', f'{digest}_{name}')
+
+
+def download(url: str, cache_dir: str | os.PathLike | None = None, sha256: str | None = None,
+             num_attempts: int | None = None, timeout: float | None = None, progress: bool = True,
+             retry_delay: float | None = None) -> str:
+    """Fetch `url` into the cache (unless already there) and return the local path.
+
+    sha256 (or a '#sha256=<hex>' URL fragment) is checked on the new download and on a cache hit.
+    Raises GanPruneError for HTTP errors, unreachable hosts, incomplete transfers and checksum mismatches.
+    """
+    base_url, fragment_sha = split_checksum(url)
+    expected_sha = (sha256 or fragment_sha or '').lower() or None
+    num_attempts = max(1, int(num_attempts if num_attempts is not None else defaults.DOWNLOAD['num_attempts']))
+    timeout = timeout if timeout is not None else defaults.DOWNLOAD['timeout']
+    retry_delay = retry_delay if retry_delay is not None else defaults.DOWNLOAD.get('retry_delay', 1.0)
+
+    final_path = cached_path(url, cache_dir)
+    if os.path.isfile(final_path):
+        if expected_sha is None or _sha256_of_file(final_path) == expected_sha:
+            return final_path
+        os.remove(final_path)  # stale or damaged copy: fetch it again
+
+    os.makedirs(os.path.dirname(final_path), exist_ok=True)
+    last_error = ''
+    for attempt in range(num_attempts):
+        if attempt > 0:
+            time.sleep(retry_delay * attempt)
+        try:
+            _fetch_once(base_url, final_path, expected_sha, timeout, progress)
+            return final_path
+        except _RetryableError as e:
+            last_error = str(e)
+    raise GanPruneError(f'could not download {base_url}: {last_error} (tried {num_attempts} time(s)); check the URL '
+                        f'and your network, or download the file yourself and pass its path')
+
+
+class _RetryableError(Exception):
+    pass
+
+
+def _fetch_once(url: str, final_path: str, expected_sha: str | None, timeout: float, progress: bool) -> None:
+    import requests
+    from tqdm import tqdm
+
+    fd, part_path = tempfile.mkstemp(dir=os.path.dirname(final_path), prefix=os.path.basename(final_path) + '.',
+                                     suffix='.part')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            try:
+                with requests.get(url, stream=True, timeout=timeout,
+                                  headers={'User-Agent': 'gan_prune', 'Accept-Encoding': 'identity'}) as res:
+                    if res.status_code >= 400:
+                        reason = f'HTTP {res.status_code}' + (f' {res.reason}' if res.reason else '')
+                        if res.status_code >= 500 or res.status_code in (408, 429):
+                            raise _RetryableError(reason)
+                        raise GanPruneError(f'could not download {url}: {reason}; check the URL')
+                    expected_len = _content_length(res)
+                    digest = hashlib.sha256()
+                    received = 0
+                    with tqdm(total=expected_len, unit='B', unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                              desc=os.path.basename(final_path).split('_', 1)[-1], disable=not progress,
+                              leave=False) as bar:
+                        for chunk in res.iter_content(chunk_size=_CHUNK_BYTES):
+                            f.write(chunk)
+                            digest.update(chunk)
+                            received += len(chunk)
+                            bar.update(len(chunk))
+            except requests.exceptions.RequestException as e:
+                raise _RetryableError(f'{type(e).__name__}: {_short(e)}') from None
+        if expected_len is not None and received != expected_len:
+            raise _RetryableError(f'incomplete transfer ({received} of {expected_len} bytes)')
+        if expected_sha is not None and digest.hexdigest() != expected_sha:
+            raise GanPruneError(f'checksum mismatch for {url}: expected sha256 {expected_sha}, got '
+                                f'{digest.hexdigest()}; the file on the server is not the expected one')
+        os.replace(part_path, final_path)
+    finally:
+        if os.path.exists(part_path):
+            os.remove(part_path)
+
+
+def _content_length(res) -> int | None:
+    # With a content coding the body size differs from the header; only check plain transfers.
+    if res.headers.get('Content-Encoding', 'identity').lower() != 'identity':
+        return None
+    value = res.headers.get('Content-Length')
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _sha256_of_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _short(e: BaseException) -> str:
+    text = ' '.join(str(e).split())
+    return text if len(text) <= 200 else text[:197] + '...'
