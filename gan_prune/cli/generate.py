@@ -1,0 +1,41 @@
+"""`gan-prune generate`: images from a teacher or student pickle, with the original generate.py conventions."""
+from __future__ import annotations
+
+import click
+
+from gan_prune import defaults
+
+D = defaults.GENERATE
+
+
+@click.command('generate')
+@click.option('--pkl', 'src', required=True, metavar='SRC',
+              help='Network pickle: a path, an http(s) URL, or builtin:NAME; its G_ema is used.')
+@click.option('--seeds', default=D['seeds'], show_default=True, metavar='LIST',
+              help='Seeds: numbers and inclusive ranges, e.g. 0-15 or 1,5,9-11.')
+@click.option('--outdir', default=D['outdir'], show_default=True, metavar='DIR',
+              help='Folder for seedNNNN.png (and grid.png).')
+@click.option('--trunc', 'truncation_psi', type=float, default=D['truncation_psi'], show_default=True,
+              help='Truncation psi.')
+@click.option('--class', 'class_idx', type=int, default=None, metavar='N',
+              help='Class label for conditional generators.')
+@click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default=D['noise_mode'],
+              show_default=True, help='Noise inputs: the stored constant, fresh random, or none.')
+@click.option('--projected-w', default=None, metavar='FILE',
+              help='Render the W array (npz key w, [K, num_ws, w_dim]) instead of seeds, as projNN.png.')
+@click.option('--grid/--no-grid', default=D['grid'], show_default=True, help='Also write grid.png.')
+@click.option('--device', default=D['device'], show_default=True, help='cpu, cuda, cuda:N, or auto.')
+@click.option('--precision', type=click.Choice(['auto', 'fp32', 'native']), default=D['precision'],
+              show_default=True,
+              help='auto: fp16 blocks run in fp32 on the CPU (much faster there) and natively on CUDA.')
+@click.option('--trust-pickle', is_flag=True,
+              help='Allow code embedded in the pickle to run (only for custom architectures from a source you trust).')
+def command(src, seeds, outdir, truncation_psi, class_idx, noise_mode, projected_w, grid, device, precision,
+            trust_pickle) -> None:
+    """Render one PNG per seed: the same seed on the same pickle gives the image NVIDIA's generate.py gives."""
+    from gan_prune.generate import generate_images, parse_seeds
+    seed_list = None if projected_w else parse_seeds(seeds)
+    paths = generate_images(src, outdir, seeds=seed_list, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                            class_idx=class_idx, projected_w=projected_w, grid=grid, device=device,
+                            precision=precision, trust=trust_pickle, progress=True, log=click.echo)
+    click.echo(f'wrote {len(paths)} images to {outdir}')

@@ -1,0 +1,180 @@
+"""Mask providers: which pixels of a generated image count as "content of interest" (COI) for channel scoring.
+
+A provider is called with NCHW float images in [-1, 1] and returns an [N, 1, H, W] float32 mask in [0, 1] at the
+image size. Providers:
+- `ones`: every pixel (non-face data; the `l1-out` criterion);
+- `face-parser`: BiSeNet face parsing, COI = every class except background (0) and cloth (16);
+- `user`: the user's own model, a TorchScript file or a torch file holding {'name': 'package.module.Class',
+  'state_dict': {...}, 'kwargs': {...}}; its output is squeezed to one channel and clamped to [0, 1].
+`build_mask(spec, parser_weights)` maps the CLI's --mask value to a provider.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from gan_prune.errors import GanPruneError
+
+
+class MaskProvider:
+    """Interface: images in [-1, 1] (NCHW) -> [N, 1, H, W] float32 mask in [0, 1]."""
+
+    name = 'mask'
+
+    def to(self, device: torch.device | str) -> 'MaskProvider':
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OnesMask(MaskProvider):
+    """All pixels are content of interest."""
+
+    name = 'none'
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.ones([images.shape[0], 1, *images.shape[2:]], dtype=torch.float32, device=images.device)
+
+
+class FaceParserMask(MaskProvider):
+    """BiSeNet face parsing at 512 px; COI = class not in `excluded_classes` (background and cloth)."""
+
+    name = 'face-parser'
+
+    def __init__(self, parser: torch.nn.Module, excluded_classes: tuple[int, ...] = (0, 16), input_size: int = 512):
+        from gan_prune.models import bisenet
+        self.parser = parser.eval().requires_grad_(False)
+        self.excluded_classes = tuple(int(c) for c in excluded_classes)
+        self.input_size = int(input_size)
+        self._mean = torch.tensor(bisenet.IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(bisenet.IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_weights(cls, path: str) -> 'FaceParserMask':
+        from gan_prune.models.bisenet import load_bisenet
+        return cls(load_bisenet(path))
+
+    def to(self, device: torch.device | str) -> 'FaceParserMask':
+        self.parser = self.parser.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = images.shape
+        x = images.float()
+        if c == 1:
+            x = x.repeat(1, 3, 1, 1)  # the parser wants RGB
+        elif c != 3:
+            raise GanPruneError(f'the face parser needs RGB images, got {c} channels; use --mask none')
+        x = (x.clamp(-1, 1) + 1) / 2
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode='bilinear', align_corners=False)
+        device = next(self.parser.parameters()).device
+        x = ((x - self._mean.to(x.device)) / self._std.to(x.device)).to(device)
+        labels = self.parser.parse(x).argmax(dim=1, keepdim=True)
+        coi = torch.ones_like(labels, dtype=torch.bool)
+        for cls_idx in self.excluded_classes:
+            coi &= labels != cls_idx
+        # Nearest keeps the mask binary when resizing back to the image size.
+        return F.interpolate(coi.float(), size=(h, w), mode='nearest').to(images.device)
+
+
+class UserMask(MaskProvider):
+    """The user's segmentation model: images in [-1, 1] -> mask; output squeezed to 1 channel, clamped to [0, 1]."""
+
+    name = 'user'
+
+    def __init__(self, model: torch.nn.Module, source: str = ''):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.source = source
+
+    @classmethod
+    def from_file(cls, path: str) -> 'UserMask':
+        if not os.path.isfile(path):
+            raise GanPruneError(f'--mask {path}: no such file; use --mask none, --mask face-parser '
+                                f'--parser-weights FILE, or the path of your own mask model')
+        try:
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream but remains the portable format
+                warnings.simplefilter('ignore', FutureWarning)
+                return cls(torch.jit.load(path, map_location='cpu'), path)
+        except Exception:  # not TorchScript: try the state-dict-plus-name form
+            pass
+        try:
+            blob = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:
+            raise GanPruneError(f'--mask {path}: neither a TorchScript module nor a torch file '
+                                f'({type(e).__name__}); save your model with torch.jit.save') from e
+        if not (isinstance(blob, dict) and isinstance(blob.get('name'), str) and isinstance(blob.get('state_dict'), dict)):
+            raise GanPruneError(f"--mask {path}: a torch file must hold {{'name': 'package.module.Class', "
+                                f"'state_dict': ...}} (optionally 'kwargs'); or save a TorchScript module")
+        model = _construct(blob['name'], blob.get('kwargs') or {}, path)
+        try:
+            model.load_state_dict(blob['state_dict'])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else 'shape mismatch'
+            raise GanPruneError(f'--mask {path}: state dict does not fit {blob["name"]}: {first}') from e
+        return cls(model, path)
+
+    def to(self, device: torch.device | str) -> 'UserMask':
+        self.model = self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        out = self.model(images.float())
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not torch.is_tensor(out):
+            raise GanPruneError(f'mask model {self.source} returned {type(out).__name__}, expected a tensor')
+        if out.ndim == 3:
+            out = out[:, None]
+        if out.ndim != 4 or out.shape[0] != n or out.shape[1] != 1:
+            raise GanPruneError(f'mask model {self.source} returned shape {tuple(out.shape)}; '
+                                f'expected [N, 1, H, W] (or [N, H, W]) with values in [0, 1]')
+        if tuple(out.shape[2:]) != (h, w):
+            out = F.interpolate(out.float(), size=(h, w), mode='bilinear', align_corners=False)
+        return out.float().clamp(0, 1).to(images.device)
+
+
+def _construct(name: str, kwargs: dict, path: str) -> torch.nn.Module:
+    module_name, _, class_name = name.replace(':', '.').rpartition('.')
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise GanPruneError(f'--mask {path}: cannot import model class {name!r}; it must be importable '
+                            f'(package.module.Class)') from e
+    model = cls(**kwargs)
+    if not isinstance(model, torch.nn.Module):
+        raise GanPruneError(f'--mask {path}: {name} is not a torch.nn.Module')
+    return model
+
+
+def build_mask(spec: str | None, parser_weights: str | None = None, notice=print) -> MaskProvider:
+    """Provider for a --mask value: None/'auto', 'none', 'face-parser' or a model file.
+
+    'auto' means the face parser when weights are given, otherwise all-ones with a one-line notice.
+    """
+    spec = (spec or 'auto').strip()
+    if spec == 'auto':
+        if parser_weights:
+            return FaceParserMask.from_weights(parser_weights)
+        if notice is not None:
+            notice('mask: no --parser-weights given, scoring with an all-ones mask (--mask none); '
+                   'for faces pass --mask face-parser --parser-weights 79999_iter.pth')
+        return OnesMask()
+    if spec == 'none':
+        return OnesMask()
+    if spec == 'face-parser':
+        if not parser_weights:
+            raise GanPruneError('--mask face-parser needs --parser-weights FILE (the BiSeNet 79999_iter.pth state dict)')
+        return FaceParserMask.from_weights(parser_weights)
+    return UserMask.from_file(spec)
