@@ -30,9 +30,9 @@ D = defaults.PRUNE
               help='Channel importance: content-aware (CAGAN gradient score under a content mask; the method\'s '
                    'criterion, used by paper and release alike), l1-out (same, whole image), weight-l1, random, '
                    'diversity (DCP-GAN).')
-@click.option('--mask', default=D['mask'], show_default=True, metavar='auto|none|face-parser|FILE',
+@click.option('--mask', default=D['mask'], show_default=True, metavar='auto|none|face-parser|demo-faces|FILE',
               help='Content-of-interest mask: face-parser (BiSeNet, needs --parser-weights), none (all pixels; for '
-                   'non-face data), or your model (TorchScript file, or torch file with name + state_dict). auto: '
+                   'non-face data), demo-faces (the segmenter shipped for the bundled cartoon-face teacher), or your model (TorchScript file, or torch file with name + state_dict). auto: '
                    'face-parser when --parser-weights is given, else none.')
 @click.option('--parser-weights', default=None, metavar='FILE',
               help='BiSeNet face-parsing weights (79999_iter.pth) for --mask face-parser.')

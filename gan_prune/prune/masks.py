@@ -159,7 +159,9 @@ def _construct(name: str, kwargs: dict, path: str) -> torch.nn.Module:
 
 
 def build_mask(spec: str | None, parser_weights: str | None = None, notice=print) -> MaskProvider:
-    """Provider for a --mask value: None/'auto', 'none', 'face-parser' or a model file.
+    """Provider for a --mask value: None/'auto', 'none', 'face-parser', 'demo-faces' or a model file.
+
+    'demo-faces' is the content segmenter shipped for the bundled cartoon-face teacher.
 
     'auto' means the face parser when weights are given, otherwise all-ones with a one-line notice.
     """
@@ -173,6 +175,9 @@ def build_mask(spec: str | None, parser_weights: str | None = None, notice=print
         return OnesMask()
     if spec == 'none':
         return OnesMask()
+    if spec == 'demo-faces':
+        from gan_prune.demo import DEMO_FACE_MASK
+        return UserMask.from_file(DEMO_FACE_MASK)
     if spec == 'face-parser':
         if not parser_weights:
             raise GanPruneError('--mask face-parser needs --parser-weights FILE (the BiSeNet 79999_iter.pth state dict)')
