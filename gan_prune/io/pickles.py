@@ -16,13 +16,13 @@ import copy
 import os
 import pickle
 import sys
-import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from gan_prune.errors import GanPruneError
+from gan_prune.fileio import atomic_write_bytes
 from gan_prune.io import unpickler
 
 REQUIRED_MODULE_KEYS = ('G', 'D', 'G_ema')
@@ -349,20 +349,13 @@ def _write_atomically(snapshot: dict, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise GanPruneError(f'cannot save {path}: directory {directory} does not exist')
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            pickle.dump(snapshot, f, protocol=PICKLE_PROTOCOL)
-        with open(tmp_path, 'rb') as f:
-            refused = unpickler.disallowed_globals(unpickler.referenced_globals(f))
-        if refused:
-            names = ', '.join(f'{m}.{n}' for m, n in refused[:5])
-            raise GanPruneError(f'cannot save {path}: the snapshot would reference {names}, which other tools '
-                                f'cannot load safely; use persistent network classes and plain data only')
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    data = pickle.dumps(snapshot, protocol=PICKLE_PROTOCOL)
+    refused = unpickler.disallowed_globals(unpickler.referenced_globals(data))
+    if refused:
+        names = ', '.join(f'{m}.{n}' for m, n in refused[:5])
+        raise GanPruneError(f'cannot save {path}: the snapshot would reference {names}, which other tools '
+                            f'cannot load safely; use persistent network classes and plain data only')
+    atomic_write_bytes(path, data)
 
 
 def _plain_data(value: Any, where: str, path: str) -> Any:

@@ -1,0 +1,122 @@
+"""`gan-prune metrics`: FID, KID and precision/recall of a network against a dataset or its teacher's samples."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import click
+
+from gan_prune.defaults import METRICS
+from gan_prune.errors import GanPruneError
+from gan_prune.fileio import atomic_write
+
+
+def _load_generator(src: str, trust: bool):
+    """(G_ema, training_set_kwargs) of a pickle source; a module-level function so tests can swap it."""
+    from gan_prune import load_network_pkl
+    if not src.startswith('builtin:') and '://' not in src and not os.path.exists(src):
+        raise GanPruneError(f'no such file: {src}')
+    data = load_network_pkl(src, trust=trust)
+    return data['G_ema'], data.get('training_set_kwargs')
+
+
+def _append_json_line(path: str, record: dict) -> None:
+    """Append one JSON line to `path`, atomically (the old content plus the new line replace the file)."""
+    old = ''
+    if os.path.exists(path):
+        with open(path, encoding='utf-8') as f:
+            old = f.read()
+        if old and not old.endswith('\n'):
+            old += '\n'
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    atomic_write(path, lambda f: f.write(old + json.dumps(record, sort_keys=True) + '\n'), binary=False)
+
+
+def format_table(results: dict[str, float]) -> str:
+    from gan_prune.metrics.compute import display_name
+    rows = [(display_name(k), f'{v:.6g}') for k, v in results.items()]
+    width = max([len('metric')] + [len(name) for name, _ in rows])
+    lines = [f'{"metric":<{width}}  value', f'{"-" * width}  {"-" * 10}']
+    lines += [f'{name:<{width}}  {value}' for name, value in rows]
+    return '\n'.join(lines)
+
+
+@click.command('metrics')
+@click.option('--pkl', 'src', required=True, metavar='SRC',
+              help='Network pickle to evaluate (its G_ema): a path, an http(s) URL, or builtin:NAME.')
+@click.option('--metrics', 'metric_list', default=METRICS['metrics'], show_default=True, metavar='LIST',
+              help='Comma-separated metrics: fid, kid, pr (precision/recall).')
+@click.option('--data', metavar='DATASET', default=None,
+              help="Reference dataset (zip or folder). Default: the pickle's training_set_kwargs path, if it exists.")
+@click.option('--ref-pkl', metavar='SRC', default=None,
+              help="Compare with this teacher's samples (its G_ema) instead of a dataset.")
+@click.option('--detector', default=METRICS['detector'], show_default=True, metavar='SPEC',
+              help="Feature detector: 'effnet-lite0' (bundled, offline; reported as e.g. 'FD (effnet-lite0)', not "
+                   "FID), 'inception' (inception-2015-12-05.pt under <cache-dir>/detectors/) or 'inception:FILE'. "
+                   'Only Inception gives numbers comparable with published FID.')
+@click.option('--num-gen', type=click.IntRange(min=2), default=METRICS['num_gen'], show_default=True,
+              help='Generated images.')
+@click.option('--num-real', type=click.IntRange(min=2), default=METRICS['num_real'], show_default=True,
+              help='Real images used from the dataset (default: all).')
+@click.option('--num-ref', type=click.IntRange(min=2), default=METRICS['num_ref'], show_default=True,
+              help='Teacher images sampled with --ref-pkl (default: the same as --num-gen).')
+@click.option('--batch', type=click.IntRange(min=1), default=METRICS['batch'], show_default=True,
+              help='Images per generator and detector call.')
+@click.option('--seed', type=int, default=METRICS['seed'], show_default=True,
+              help='Seed of the generated samples (teacher samples use seed + 1).')
+@click.option('--device', default='auto', show_default=True,
+              help="'auto' (CUDA if available, else CPU), 'cpu' or 'cuda[:N]'.")
+@click.option('--cache/--no-cache', default=METRICS['cache'], show_default=True,
+              help='Reuse reference statistics cached per dataset (or teacher) and detector.')
+@click.option('--cache-dir', default=None, metavar='DIR',
+              help='Cache root (default: $GAN_PRUNE_CACHE_DIR, else $DNNLIB_CACHE_DIR/gan_prune, else '
+                   '~/.cache/gan_prune).')
+@click.option('--json', 'as_json', is_flag=True, help='Print one JSON object instead of a table.')
+@click.option('--out', 'out_path', default=None, metavar='FILE',
+              help='Also append the result as one JSON line to FILE.')
+@click.option('--trust-pickle', is_flag=True,
+              help='Allow code embedded in the pickles to run (only for custom architectures from a source you trust).')
+def command(src: str, metric_list: str, data: str | None, ref_pkl: str | None, detector: str, num_gen: int,
+            num_real: int | None, num_ref: int | None, batch: int, seed: int, device: str, cache: bool,
+            cache_dir: str | None, as_json: bool, out_path: str | None, trust_pickle: bool) -> None:
+    """Compute FID, KID and precision/recall of a network against a dataset or against a teacher's samples."""
+    from gan_prune.metrics.compute import compute_metrics, parse_metrics
+    from gan_prune.metrics.detectors import resolve_device
+
+    names = parse_metrics(metric_list)
+    if data is not None and ref_pkl is not None:
+        raise GanPruneError('give either --data or --ref-pkl, not both')
+    torch_device = resolve_device(device)
+    G, training_set_kwargs = _load_generator(src, trust_pickle)
+    if data is None and ref_pkl is None:
+        data = (training_set_kwargs or {}).get('path')
+        if not data or not os.path.exists(data):
+            raise GanPruneError('no reference: pass --data DATASET or --ref-pkl TEACHER '
+                                '(the pickle names no dataset that exists here)')
+    ref_G = None
+    if ref_pkl is not None:
+        ref_G, _ = _load_generator(ref_pkl, trust_pickle)
+    G = G.to(torch_device)
+
+    log = (lambda msg: click.echo(msg, err=True)) if not as_json else (lambda msg: None)
+    start = time.time()
+    results = compute_metrics(G, names, data=data, ref_G=ref_G, detector=detector, num_gen=num_gen, batch=batch,
+                              seed=seed, num_real=num_real, num_ref=num_ref, device=torch_device, cache=cache,
+                              cache_dir=cache_dir, progress=not as_json, log=log)
+    record = dict(pkl=src, metrics=names, results=results, detector=detector, num_gen=num_gen, seed=seed,
+                  reference=(dict(data=data) if ref_pkl is None
+                             else dict(ref_pkl=ref_pkl, num_ref=num_gen if num_ref is None else num_ref)),
+                  num_real=num_real, device=str(torch_device), total_time_s=round(time.time() - start, 3),
+                  timestamp=time.time())
+    if out_path:
+        _append_json_line(out_path, record)
+    if as_json:
+        click.echo(json.dumps(record, sort_keys=True))
+    else:
+        reference = (f'dataset {data}' if ref_pkl is None
+                     else f'teacher {ref_pkl} ({record["reference"]["num_ref"]} samples)')
+        click.echo(f'{src} vs {reference}: {num_gen} generated images, detector {detector}, '
+                   f'{record["total_time_s"]:.1f} s')
+        click.echo(format_table(results))

@@ -1,0 +1,399 @@
+"""Losses of the distillation loop: adversarial (G^S against D^S and D^T), R1, path length, style mixing, KD.
+
+Objective (method.md sections 6-7), sp = softplus:
+    G^S:  sp(-D^S(x_S)) + sp(-D^T(x_S)) + KD(x_S) [+ path-length penalty, lazily]
+    D^S:  sp(D^S(x_S)) + sp(-D^S(x_real)) + nickel_weight * L_NICKEL [+ R1, lazily]
+    D^T:  sp(D^T(x_S)) + sp(-D^T(x_real)) [+ R1, lazily]
+KD is one of: DiME (`--kd nickel-dime`, which also switches NICKEL on), CAGAN's masked L1 + perceptual
+(`--kd cagan`), or nothing (`--kd none`, adversarial fine-tuning only).
+
+Every function returns batch-mean scalar losses plus a dict of detached per-sample values for stats.jsonl;
+the loop multiplies by the lazy-regularisation gain, calls backward and decides which module's parameters
+take gradients. Nothing here calls an optimiser.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gan_prune.errors import GanPruneError
+
+KD_MODES = ('nickel-dime', 'cagan', 'none')
+# LPIPS input scaling (Zhang et al. 2018): images in [-1, 1] are shifted/scaled per channel before VGG.
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+VGG16_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's vgg16().features
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Generator sampling with style mixing (shared between student and teacher)
+
+class MixedLatents:
+    """Latents for one generator call: z, c and the style-mixing second latent with per-sample crossover.
+
+    The same object drives the student and the teacher, so x_S and x_T share z, the second latent and the
+    crossover point (method.md notation). `cutoff[i] == num_ws` means sample i is not mixed.
+    """
+
+    def __init__(self, z: torch.Tensor, c: torch.Tensor, z2: torch.Tensor | None = None,
+                 cutoff: torch.Tensor | None = None):
+        self.z, self.c, self.z2, self.cutoff = z, c, z2, cutoff
+
+    @classmethod
+    def sample(cls, batch: int, z_dim: int, num_ws: int, c: torch.Tensor, mixing_prob: float,
+               device: torch.device) -> 'MixedLatents':
+        z = torch.randn([batch, z_dim], device=device)
+        if mixing_prob <= 0 or num_ws < 2:
+            return cls(z, c)
+        z2 = torch.randn([batch, z_dim], device=device)
+        cutoff = torch.randint(1, num_ws, [batch], device=device)
+        mixed = torch.rand([batch], device=device) < mixing_prob
+        cutoff = torch.where(mixed, cutoff, torch.full_like(cutoff, num_ws))
+        return cls(z, c, z2, cutoff)
+
+    def head(self, n: int) -> 'MixedLatents':
+        """The first n samples (path-length regularisation uses a smaller batch)."""
+        pick = (lambda t: None if t is None else t[:n])
+        return MixedLatents(self.z[:n], self.c[:n], pick(self.z2), pick(self.cutoff))
+
+
+def map_latents(G: nn.Module, latents: MixedLatents) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] of G for these latents, style mixing applied."""
+    ws = G.mapping(latents.z, latents.c)
+    if latents.z2 is not None:
+        # The second latent must not move w_avg: it is not an extra sample of the training distribution.
+        ws2 = G.mapping(latents.z2, latents.c, skip_w_avg_update=True)
+        take_second = torch.arange(ws.shape[1], device=ws.device)[None, :] >= latents.cutoff[:, None]
+        ws = torch.where(take_second[:, :, None], ws2, ws)
+    return ws
+
+
+def synthesize(G: nn.Module, latents: MixedLatents, force_fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(img, ws) of G for these latents with random noise inputs."""
+    ws = map_latents(G, latents)
+    img = G.synthesis(ws, noise_mode='random', force_fp32=force_fp32)
+    return img, ws
+
+
+@contextlib.contextmanager
+def same_noise(device: torch.device):
+    """Run the block, then rewind the global RNG: the next generator call draws the same noise inputs.
+
+    Student and teacher have the same noise layers in the same order (pruning keeps the block structure),
+    so rewinding gives x_S and x_T the same per-pixel noise, which instance-level KD needs.
+    """
+    devices = [device] if device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Adversarial terms and regularisers
+
+def generator_adversarial(logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss per sample: sp(-D(G(z)))."""
+    return F.softplus(-logits).flatten()
+
+
+def discriminator_adversarial(fake_logits: torch.Tensor, real_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (sp(D(fake)), sp(-D(real)))."""
+    return F.softplus(fake_logits).flatten(), F.softplus(-real_logits).flatten()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_img: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared norm of dD(x)/dx at the real images (Mescheder et al. 2018); keeps the graph."""
+    (grads,) = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real_img], create_graph=True,
+                                   only_inputs=True)
+    return grads.square().sum(dim=[1, 2, 3])
+
+
+class PathLengthRegularizer(nn.Module):
+    """StyleGAN2's path-length penalty: (|J_w^T y| - a)^2 with y ~ N(0, I)/sqrt(HW) and a running mean a.
+
+    `pl_mean` is a buffer so it is saved with the resume checkpoint. `all_reduce_mean`, if given, averages the
+    batch mean length over processes so every replica keeps the same running mean.
+    """
+
+    def __init__(self, decay: float = 0.01):
+        super().__init__()
+        self.decay = float(decay)
+        self.register_buffer('pl_mean', torch.zeros([]))
+
+    def forward(self, img: torch.Tensor, ws: torch.Tensor,
+                all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch_utils.ops import conv2d_gradfix
+        noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+        # Only the gradient with respect to ws is needed here; the weights get theirs from the backward below.
+        with conv2d_gradfix.no_weight_gradients():
+            (grads,) = torch.autograd.grad(outputs=[(img * noise).sum()], inputs=[ws], create_graph=True,
+                                           only_inputs=True)
+        lengths = grads.square().sum(2).mean(1).sqrt()
+        batch_mean = lengths.mean().detach()
+        if all_reduce_mean is not None:
+            batch_mean = all_reduce_mean(batch_mean)
+        pl_mean = self.pl_mean.lerp(batch_mean.to(self.pl_mean.dtype), self.decay)
+        self.pl_mean.copy_(pl_mean.detach())
+        penalty = (lengths - pl_mean).square()
+        return penalty, lengths.detach()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# KD baselines
+
+class PerceptualDistance(nn.Module):
+    """Per-sample perceptual distance between two image batches in [-1, 1].
+
+    spec `vgg16:FILE`: LPIPS-style distance on torchvision VGG16 features (weights from a local state dict):
+    channel-normalised activations at relu1_2..relu5_3, squared differences summed over channels, averaged
+    over pixels, summed over layers (LPIPS without its learned per-channel weights).
+    Any other spec is an embedder (gan_prune.distill.embedders): squared distance of unit-normalised embeddings.
+    """
+
+    def __init__(self, spec: str):
+        super().__init__()
+        self.spec = spec
+        if spec.startswith('vgg16:'):
+            self.kind = 'vgg16'
+            self.features = _load_vgg16_features(spec.split(':', 1)[1])
+            self.register_buffer('shift', torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer('scale', torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
+        else:
+            from gan_prune.distill.embedders import build_embedder
+            self.kind = 'embedder'
+            self.embedder = build_embedder(spec)
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> 'PerceptualDistance':
+        return super().train(False)  # frozen network: never switch batch norm / dropout to training mode
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.kind == 'embedder':
+            ea = F.normalize(self.embedder(a), dim=1)
+            eb = F.normalize(self.embedder(b), dim=1)
+            return (ea - eb).square().sum(1)
+        x, y = self._vgg_input(a), self._vgg_input(b)
+        total = a.new_zeros([a.shape[0]], dtype=torch.float32)
+        last = max(VGG16_TAPS)
+        for idx, layer in enumerate(self.features):
+            x, y = layer(x), layer(y)
+            if idx in VGG16_TAPS:
+                nx = x / (x.square().sum(1, keepdim=True).sqrt() + 1e-10)
+                ny = y / (y.square().sum(1, keepdim=True).sqrt() + 1e-10)
+                total = total + (nx - ny).square().sum(1).mean(dim=[1, 2])
+            if idx >= last:
+                break
+        return total
+
+    def _vgg_input(self, img: torch.Tensor) -> torch.Tensor:
+        img = img.float()
+        if img.shape[1] == 1:
+            img = img.expand(-1, 3, -1, -1)
+        if img.shape[-1] < 32:  # five max-pools need at least 32 px
+            img = F.interpolate(img, size=(32, 32), mode='bilinear', align_corners=False)
+        return (img - self.shift) / self.scale
+
+
+def _load_vgg16_features(path: str) -> nn.Module:
+    import torchvision
+    from gan_prune.weights import resolve_weights
+    found = resolve_weights(path)
+    if found is None:
+        raise GanPruneError(f'VGG16 weights file not found: {path} (give a torchvision vgg16 state dict; bare names '
+                            f'are also searched in $GAN_PRUNE_WEIGHTS, ./weights and ~/.cache/gan_prune/weights)')
+    net = torchvision.models.vgg16(weights=None)
+    try:
+        state = torch.load(found, map_location='cpu', weights_only=True)
+        state = {k: v for k, v in state.items() if k.startswith('features.')}
+        net.load_state_dict(state, strict=False)
+        missing = [k for k in net.state_dict() if k.startswith('features.') and k not in state]
+    except Exception as e:  # pylint: disable=broad-except
+        raise GanPruneError(f'cannot read VGG16 weights {found} ({type(e).__name__}: {e}); '
+                            f'give a torchvision vgg16 state dict') from e
+    if missing:
+        raise GanPruneError(f'{found} is not a torchvision vgg16 state dict (missing {missing[0]})')
+    return net.features.eval()
+
+
+class CaganKD(nn.Module):
+    """CAGAN's instance-level KD: l1_weight * mean|M (x_T - x_S)| + perceptual_weight * P(M x_S, M x_T).
+
+    `mask` maps teacher images to [N, 1, H, W] content-of-interest masks (gan_prune.prune.masks providers);
+    None means every pixel. Returns per-sample (l1, perceptual) terms, unweighted.
+    """
+
+    def __init__(self, perceptual: nn.Module | None, l1_weight: float = 3.0, perceptual_weight: float = 3.0,
+                 mask: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__()
+        self.perceptual = perceptual
+        self.l1_weight, self.perceptual_weight = float(l1_weight), float(perceptual_weight)
+        self.mask = mask
+
+    def forward(self, img_s: torch.Tensor, img_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        img_t = img_t.detach().float()
+        img_s = img_s.float()
+        if self.mask is not None:
+            with torch.no_grad():
+                m = self.mask(img_t).to(img_t.dtype)
+            img_s, img_t = img_s * m, img_t * m
+        l1 = (img_t - img_s).abs().mean(dim=[1, 2, 3])
+        if self.perceptual is None or self.perceptual_weight == 0:
+            return l1, torch.zeros_like(l1)
+        return l1, self.perceptual(img_s, img_t)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The whole objective
+
+class DistillLoss:
+    """All loss terms of one distillation run, bound to its networks.
+
+    G_s: student generator (trained); G_t: teacher generator (frozen); D_s: student discriminator (trained);
+    D_t: teacher discriminator (trained) or None to play against D^S only.
+    dime: callable student images -> scalar weighted DiME loss (gan_prune.distill.dime), or None.
+    nickel: NickelLoss (its projection is trained with D^S) or None; nickel_res: feature resolution.
+    cagan: CaganKD or None.
+    """
+
+    def __init__(self, G_s: nn.Module, G_t: nn.Module, D_s: nn.Module, D_t: nn.Module | None = None, *,
+                 dime: Callable[[torch.Tensor], torch.Tensor] | None = None, nickel: nn.Module | None = None,
+                 nickel_res: int | None = None, nickel_weight: float = 10.0, cagan: CaganKD | None = None,
+                 r1_gamma: float = 1.0, pl_weight: float = 2.0, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
+                 style_mixing: float = 0.9, force_fp32: bool = True,
+                 all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if G_s.num_ws != G_t.num_ws or G_s.z_dim != G_t.z_dim or G_s.c_dim != G_t.c_dim:
+            raise GanPruneError('student and teacher generators differ in z_dim, c_dim or num_ws; the student must be '
+                                'a pruned copy of the teacher (gan-prune prune)')
+        if nickel is not None and nickel_res is None:
+            raise ValueError('nickel_res is required with a NICKEL loss')
+        self.G_s, self.G_t, self.D_s, self.D_t = G_s, G_t, D_s, D_t
+        self.dime, self.nickel, self.nickel_res, self.nickel_weight = dime, nickel, nickel_res, float(nickel_weight)
+        self.cagan = cagan
+        self.r1_gamma, self.pl_weight = float(r1_gamma), float(pl_weight)
+        self.pl_batch_shrink = max(1, int(pl_batch_shrink))
+        self.style_mixing = float(style_mixing)
+        self.force_fp32 = bool(force_fp32)
+        self.path_length = PathLengthRegularizer(pl_decay)
+        self.all_reduce_mean = all_reduce_mean
+
+    def discriminators(self) -> dict[str, nn.Module]:
+        return {'DS': self.D_s} if self.D_t is None else {'DS': self.D_s, 'DT': self.D_t}
+
+    def sample_latents(self, batch: int, c: torch.Tensor, device: torch.device) -> MixedLatents:
+        return MixedLatents.sample(batch, self.G_s.z_dim, self.G_s.num_ws, c, self.style_mixing, device)
+
+    def _D(self, D: nn.Module, img: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return D(img, c, force_fp32=self.force_fp32)
+
+    # -- generator
+
+    def generator_main(self, latents: MixedLatents) -> tuple[torch.Tensor, dict]:
+        """Batch-mean adversarial + KD loss of G^S, and per-sample stats."""
+        stats = {}
+        img_t = None
+        dime_needs_teacher = self.dime is not None and getattr(self.dime, 'needs_teacher_images', False)
+        if self.cagan is not None or dime_needs_teacher:
+            with torch.no_grad(), same_noise(latents.z.device):
+                img_t, _ = synthesize(self.G_t, latents, self.force_fp32)
+        img_s, _ = synthesize(self.G_s, latents, self.force_fp32)
+
+        logits_s = self._D(self.D_s, img_s, latents.c)
+        loss = generator_adversarial(logits_s)
+        stats['Loss/scores/fake_DS'] = logits_s.detach().flatten()
+        stats['Loss/G/adv_DS'] = loss.detach()
+        if self.D_t is not None:
+            logits_t = self._D(self.D_t, img_s, latents.c)
+            adv_t = generator_adversarial(logits_t)
+            loss = loss + adv_t
+            stats['Loss/scores/fake_DT'] = logits_t.detach().flatten()
+            stats['Loss/G/adv_DT'] = adv_t.detach()
+        loss = loss.mean()
+        if self.dime is not None:
+            if hasattr(self.dime, 'term_values'):  # DiMELoss: log every embedder's term on its own
+                values = self.dime.term_values(img_s, img_t)
+                dime = sum(w * values[n] for n, w in zip(self.dime.names, self.dime.weights))
+                for name, value in values.items():
+                    stats[f'Loss/G/dime_{name}'] = value.detach().reshape(1)
+            else:
+                dime = self.dime(img_s)
+            loss = loss + dime
+            stats['Loss/G/dime'] = dime.detach().reshape(1)
+        if self.cagan is not None:
+            l1, perceptual = self.cagan(img_s, img_t)
+            kd = self.cagan.l1_weight * l1.mean() + self.cagan.perceptual_weight * perceptual.mean()
+            loss = loss + kd
+            stats['Loss/G/kd_l1'] = l1.detach()
+            stats['Loss/G/kd_perceptual'] = perceptual.detach()
+        stats['Loss/G/main'] = loss.detach().reshape(1)
+        return loss, stats
+
+    def generator_reg(self, latents: MixedLatents) -> tuple[torch.Tensor, dict]:
+        """Batch-mean weighted path-length penalty of G^S (zero tensor when pl_weight is 0)."""
+        if self.pl_weight == 0:
+            return latents.z.new_zeros([]), {}
+        n = max(1, latents.z.shape[0] // self.pl_batch_shrink)
+        img, ws = synthesize(self.G_s, latents.head(n), self.force_fp32)
+        penalty, lengths = self.path_length(img, ws, self.all_reduce_mean)
+        stats = {'Loss/pl_length': lengths, 'Loss/G/pl_penalty': penalty.detach()}
+        return penalty.mean() * self.pl_weight, stats
+
+    # -- discriminators
+
+    @torch.no_grad()
+    def fake_images(self, latents: MixedLatents) -> torch.Tensor:
+        """Student images for the discriminator steps (no graph into G^S)."""
+        img, _ = synthesize(self.G_s, latents, self.force_fp32)
+        return img.detach()
+
+    def discriminator_main(self, which: str, fake_img: torch.Tensor, fake_c: torch.Tensor, real_img: torch.Tensor,
+                           real_c: torch.Tensor, teacher_latents: MixedLatents | None = None,
+                           with_r1: bool = False) -> tuple[torch.Tensor, dict]:
+        """Batch-mean loss of D^S ('DS') or D^T ('DT'): adversarial, NICKEL (D^S only), and R1 if with_r1."""
+        D = self.D_s if which == 'DS' else self.D_t
+        fake_logits = self._D(D, fake_img, fake_c)
+        real = real_img.detach().requires_grad_(with_r1 and self.r1_gamma > 0)
+        real_logits = self._D(D, real, real_c)
+        loss_fake, loss_real = discriminator_adversarial(fake_logits, real_logits)
+        loss = (loss_fake + loss_real).mean()
+        stats = {f'Loss/scores/fake_{which}_D': fake_logits.detach().flatten(),
+                 f'Loss/scores/real_{which}': real_logits.detach().flatten(),
+                 f'Loss/{which}/fake': loss_fake.detach(), f'Loss/{which}/real': loss_real.detach()}
+        if with_r1 and self.r1_gamma > 0:
+            penalty = r1_penalty(real_logits, real)
+            loss = loss + penalty.mean() * (self.r1_gamma / 2)
+            stats[f'Loss/{which}/r1_penalty'] = penalty.detach()
+        if which == 'DS' and self.nickel is not None:
+            if teacher_latents is None:
+                raise ValueError('NICKEL needs the teacher latents of the discriminator step')
+            nickel = self.nickel_term(teacher_latents)
+            loss = loss + self.nickel_weight * nickel
+            stats['Loss/DS/nickel'] = nickel.detach().reshape(1)
+        stats[f'Loss/{which}/main'] = loss.detach().reshape(1)
+        return loss, stats
+
+    def discriminator_reg(self, which: str, real_img: torch.Tensor, real_c: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Batch-mean weighted R1 penalty of one discriminator (the lazy regularisation step)."""
+        D = self.D_s if which == 'DS' else self.D_t
+        if self.r1_gamma == 0:
+            return real_img.new_zeros([]), {}
+        real = real_img.detach().requires_grad_(True)
+        real_logits = self._D(D, real, real_c)
+        penalty = r1_penalty(real_logits, real)
+        return penalty.mean() * (self.r1_gamma / 2), {f'Loss/{which}/r1_penalty': penalty.detach()}
+
+    def nickel_term(self, latents: MixedLatents) -> torch.Tensor:
+        """L_NICKEL: teacher-G features at nickel_res vs D^S features on the teacher image (grad to D^S only)."""
+        from gan_prune.distill.nickel import DiscriminatorFeatureTap, GeneratorFeatureTap
+        # Taps live only for one call: a hook left on a module would be deep-copied into snapshots.
+        with torch.no_grad(), GeneratorFeatureTap(self.G_t, self.nickel_res) as g_tap:
+            img_t, _ = synthesize(self.G_t, latents, self.force_fp32)
+            feat_t = g_tap.pop().detach()
+        with DiscriminatorFeatureTap(self.D_s, self.nickel_res) as d_tap:
+            self._D(self.D_s, img_t.detach(), latents.c)
+            feat_s = d_tap.pop()
+        return self.nickel(feat_t, feat_s)

@@ -1,0 +1,280 @@
+"""The run directory of `gan-prune distill`, laid out like StyleGAN2-ADA's.
+
+    <outdir>/<5-digit id>-<desc>/
+        training_options.json          every option of the run (resume reads it back)
+        log.txt                        everything the run printed
+        stats.jsonl                    one JSON object per tick: {"Loss/G/adv": {"num", "mean", "std"}, ..., "timestamp"}
+        reals.png, teacher.png         real (or data-free) images and teacher samples, for comparison
+        fakes<kimg>.png                G_ema samples at every snapshot (fixed latents)
+        network-snapshot-<kimg>.pkl    G, G_ema, D (= D^S) in NVIDIA's snapshot format, plus D_teacher
+        resume.pt                      exact training state (weights, optimisers, EMA, counters, RNG)
+
+Every file except the append-only log.txt and stats.jsonl is written atomically (temp file in the same folder,
+then os.replace), so an interrupted run never leaves a half-written snapshot or checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import PIL.Image
+import torch
+
+from gan_prune.errors import GanPruneError
+from gan_prune.fileio import atomic_write
+
+OPTIONS_FILE = 'training_options.json'
+LOG_FILE = 'log.txt'
+STATS_FILE = 'stats.jsonl'
+RESUME_FILE = 'resume.pt'
+SNAPSHOT_RE = re.compile(r'^network-snapshot-(\d+)\.pkl$')
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Atomic files
+
+def write_json(path: str, obj: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + '\n'), binary=False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Run directory
+
+def create_run_dir(outdir: str, desc: str) -> str:
+    """Make `<outdir>/<next 5-digit id>-<desc>` and return its path (ids continue after existing runs)."""
+    outdir = os.fspath(outdir)
+    os.makedirs(outdir, exist_ok=True)
+    desc = re.sub(r'[^A-Za-z0-9_.+=-]+', '_', desc).strip('_') or 'run'
+    while True:
+        ids = [int(m.group(1)) for m in (re.match(r'^(\d+)', name) for name in os.listdir(outdir)) if m]
+        run_dir = os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
+        try:
+            os.makedirs(run_dir)  # exist_ok=False: two runs starting at once get different ids
+            return run_dir
+        except FileExistsError:
+            continue
+
+
+def write_training_options(run_dir: str, options: dict) -> None:
+    write_json(os.path.join(run_dir, OPTIONS_FILE), options)
+
+
+def read_training_options(run_dir: str) -> dict:
+    path = os.path.join(run_dir, OPTIONS_FILE)
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise GanPruneError(f'{run_dir} is not a distill run directory (no {OPTIONS_FILE}); '
+                            f'give the folder that a previous `gan-prune distill` run created') from None
+    except ValueError as e:
+        raise GanPruneError(f'{path} is not valid JSON ({e}); restore it or start a new run') from e
+
+
+# ------------------------------------------------------------------------------------------------------------
+# log.txt
+
+class LogTee:
+    """Copy everything printed to stdout into log.txt (appending, so a resumed run continues the log).
+
+    The progress bar goes to stderr and is not copied: log.txt stays readable.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = None
+        self._stdout = None
+
+    def __enter__(self) -> 'LogTee':
+        self._file = open(self.path, 'a', encoding='utf-8')
+        self._stdout = sys.stdout
+        sys.stdout = self
+        return self
+
+    def write(self, text: str) -> int:
+        self._stdout.write(text)
+        self._file.write(text)
+        self._file.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stdout.flush()
+        self._file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __exit__(self, *exc) -> None:
+        if sys.stdout is self:
+            sys.stdout = self._stdout
+        self._file.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# stats.jsonl
+
+def summarize(values: Iterable[float]) -> dict:
+    """{'num', 'mean', 'std'} of a list of numbers, the per-key format of StyleGAN2-ADA's stats.jsonl."""
+    arr = np.asarray([float(v) for v in values], dtype=np.float64)
+    if arr.size == 0:
+        return {'num': 0, 'mean': float('nan'), 'std': float('nan')}
+    return {'num': int(arr.size), 'mean': float(arr.mean()), 'std': float(arr.std())}
+
+
+def append_stats(run_dir: str, row: dict) -> None:
+    """Append one row (keys -> summarize() dicts, plus 'timestamp') as a single line."""
+    row = dict(row)
+    row.setdefault('timestamp', time.time())
+    line = json.dumps(row, sort_keys=True) + '\n'
+    with open(os.path.join(run_dir, STATS_FILE), 'a', encoding='utf-8') as f:
+        f.write(line)  # one write of a whole line: a crash leaves at most a torn last line, which readers skip
+
+
+def read_stats(path: str) -> list[dict]:
+    """All complete rows of a stats.jsonl (a torn last line from a crash is ignored)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, STATS_FILE)
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def truncate_stats(run_dir: str, max_nimg: int) -> None:
+    """Drop rows written after the resume checkpoint (they will be written again by the resumed run)."""
+    path = os.path.join(run_dir, STATS_FILE)
+    if not os.path.exists(path):
+        return
+    keep = [row for row in read_stats(path) if row.get('Progress/nimg', {}).get('mean', 0) <= max_nimg]
+    atomic_write(path, lambda f: f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in keep)), binary=False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Images
+
+def parse_grid(grid: str | tuple | list) -> tuple[int, int]:
+    """'8x4' or (8, 4) -> (columns, rows)."""
+    if isinstance(grid, str):
+        m = re.fullmatch(r'\s*(\d+)\s*[xX]\s*(\d+)\s*', grid)
+        if not m:
+            raise GanPruneError(f'grid {grid!r} is not COLUMNSxROWS; use e.g. 8x4')
+        grid = (int(m.group(1)), int(m.group(2)))
+    gw, gh = (int(v) for v in grid)
+    if gw < 1 or gh < 1:
+        raise GanPruneError(f'grid {gw}x{gh} must have at least one column and row')
+    return gw, gh
+
+
+def save_image_grid(images: torch.Tensor | np.ndarray, path: str, grid: tuple[int, int]) -> None:
+    """Tile images [N, C, H, W] (float in [-1, 1], or uint8) into a gw x gh PNG, written atomically."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu()
+        if images.dtype != torch.uint8:
+            images = (images.to(torch.float32) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+        images = images.numpy()
+    gw, gh = grid
+    n, c, h, w = images.shape
+    if n < gw * gh:
+        images = np.concatenate([images, np.zeros([gw * gh - n, c, h, w], dtype=np.uint8)])
+    tiles = images[:gw * gh].reshape(gh, gw, c, h, w).transpose(0, 3, 1, 4, 2).reshape(gh * h, gw * w, c)
+    im = PIL.Image.fromarray(tiles[:, :, 0], 'L') if c == 1 else PIL.Image.fromarray(tiles[:, :, :3], 'RGB')
+    atomic_write(path, lambda f: im.save(f, format='PNG'))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Snapshots and the resume checkpoint
+
+def snapshot_name(cur_nimg: int) -> str:
+    return f'network-snapshot-{cur_nimg // 1000:06d}.pkl'
+
+
+def export_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The copy a snapshot stores: eval mode, no grad, on the CPU (what StyleGAN2-ADA's loop stores)."""
+    return copy.deepcopy(module).eval().requires_grad_(False).cpu()
+
+
+def save_snapshot(run_dir: str, cur_nimg: int, modules: dict, extra: dict | None = None) -> str:
+    """Write network-snapshot-<kimg>.pkl with exported copies of `modules` (G, G_ema, D, ...) plus `extra`."""
+    import gan_prune
+    data = {name: export_module(m) if isinstance(m, torch.nn.Module) else m for name, m in modules.items()}
+    data.update(extra or {})
+    data.setdefault('augment_pipe', None)
+    data.setdefault('training_set_kwargs', None)
+    path = os.path.join(run_dir, snapshot_name(cur_nimg))
+    gan_prune.save_network_pkl(data, path)
+    return path
+
+
+def list_snapshots(run_dir: str) -> list[str]:
+    """Snapshot paths of a run, oldest first."""
+    names = sorted((int(m.group(1)), name) for name in os.listdir(run_dir) if (m := SNAPSHOT_RE.match(name)))
+    return [os.path.join(run_dir, name) for _, name in names]
+
+
+def save_resume(run_dir: str, state: dict) -> str:
+    """Write resume.pt atomically; `state` holds tensors, numbers, strings, lists and dicts only."""
+    path = os.path.join(run_dir, RESUME_FILE)
+    atomic_write(path, lambda f: torch.save(state, f))
+    return path
+
+
+def load_resume(run_dir: str) -> dict:
+    """Read resume.pt (tensors and plain data only: loaded with weights_only=True)."""
+    path = os.path.join(run_dir, RESUME_FILE)
+    if not os.path.isfile(path):
+        raise GanPruneError(f'{run_dir} has no {RESUME_FILE}: the run stopped before its first snapshot; '
+                            f'start it again')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pylint: disable=broad-except
+        raise GanPruneError(f'cannot read {path} ({type(e).__name__}: {e}); '
+                            f'resume from an intact run directory') from e
+
+
+# ------------------------------------------------------------------------------------------------------------
+# RNG state (plain data, so resume.pt loads with weights_only=True)
+
+def get_rng_state(device: torch.device | None = None) -> dict:
+    import random
+    np_state = np.random.get_state()
+    state = {
+        'torch': torch.get_rng_state(),
+        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        'python': _python_state_to_plain(random.getstate()),
+    }
+    if device is not None and device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    import random
+    torch.set_rng_state(state['torch'])
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    random.setstate(_plain_to_python_state(state['python']))
+    if device is not None and device.type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)
+
+
+def _python_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def _plain_to_python_state(state: list) -> tuple:
+    version, internal, gauss = state
+    return (int(version), tuple(int(v) for v in internal.tolist()), gauss)

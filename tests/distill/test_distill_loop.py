@@ -1,0 +1,321 @@
+"""The distillation loop: short CPU runs on tiny networks, exact resume, NaN guard, two gloo processes, CLI."""
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gan_prune.distill import loop
+from gan_prune.distill import rundir as rd
+from gan_prune.errors import GanPruneError
+
+RES = 16
+STEP_KIMG = 0.004  # one iteration at batch 4
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    """Teacher / student pickles, a 12-image dataset and a tiny TorchScript embedder for DiME."""
+    import dnnlib
+    import gan_prune
+    from training import networks
+    from gan_prune.distill.data import write_dataset_zip
+    d = tmp_path_factory.mktemp('distill_loop')
+    E = dnnlib.EasyDict
+
+    def generator(cmax, seed):
+        torch.manual_seed(seed)
+        return networks.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=RES, img_channels=3,
+                                  mapping_kwargs=E(num_layers=2),
+                                  synthesis_kwargs=E(channel_base=RES * cmax, channel_max=cmax)).eval()
+
+    G_t = generator(16, 0)
+    with torch.no_grad():
+        for name, p in G_t.named_parameters():
+            if name.endswith('noise_strength'):
+                p.fill_(0.1)
+    torch.manual_seed(1)
+    D_t = networks.Discriminator(c_dim=0, img_resolution=RES, img_channels=3, channel_base=RES * 16, channel_max=16,
+                                 epilogue_kwargs=E(mbstd_group_size=4)).eval()
+    G_s = generator(8, 2)
+    G_s.mapping.load_state_dict(G_t.mapping.state_dict())
+    gan_prune.save_network_pkl(dict(G=G_t, D=D_t, G_ema=G_t), d / 'teacher.pkl')
+    gan_prune.save_network_pkl(dict(G=G_s, D=D_t, G_ema=G_s), d / 'student.pkl')
+    write_dataset_zip(d / 'data.zip', np.random.RandomState(0).randint(0, 256, (12, RES, RES, 3), dtype=np.uint8))
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3, stride=2)
+
+        def forward(self, x):
+            return F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 1).flatten(1)
+
+    torch.manual_seed(3)
+    torch.jit.script(Tiny()).save(str(d / 'embed.pt'))
+    return d
+
+
+def base_options(files, outdir, **overrides):
+    opts = dict(teacher=str(files / 'teacher.pkl'), student=str(files / 'student.pkl'), data=str(files / 'data.zip'),
+                outdir=str(outdir), batch=4, tick=STEP_KIMG, snap=2, kimg=3 * STEP_KIMG, workers=0, grid='2x2',
+                device='cpu', dime=f'torchscript:{files / "embed.pt"}=5', dime_stats_samples=8,
+                g_reg_interval=2, d_reg_interval=2, mirror=True, seed=0)
+    opts.update(overrides)
+    return opts
+
+
+def load_state(run_dir):
+    return torch.load(os.path.join(run_dir, rd.RESUME_FILE), map_location='cpu', weights_only=True)
+
+
+def assert_close_nested(a, b, path=''):
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=path)
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_close_nested(a[k], b[k], f'{path}/{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_nested(x, y, f'{path}[{i}]')
+    else:
+        assert a == b, path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Small pieces
+
+def test_lazy_adam_scaling_and_ema_half_life():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    group = loop.lazy_adam(p, 0.0025, 16).param_groups[0]
+    c = 16 / 17
+    assert group['lr'] == pytest.approx(0.0025 * c) and group['betas'] == pytest.approx((0.0, 0.99 ** c))
+    assert loop.lazy_adam(p, 0.0025, None).param_groups[0]['betas'] == pytest.approx((0.0, 0.99))
+    beta = loop.ema_beta(batch=64, cur_nimg=10 ** 6, ema_kimg=20, ema_rampup=None)
+    assert beta ** (20000 / 64) == pytest.approx(0.5)
+    assert loop.ema_beta(64, 1000, 20, 0.05) < beta  # ramp-up shortens the half-life early on
+    G, G_ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = G.weight.detach() + 0.25 * (G_ema.weight.detach() - G.weight.detach())
+    loop.update_ema(G_ema, G, 0.25)
+    torch.testing.assert_close(G_ema.weight, expected)
+
+
+def test_batch_layout():
+    assert loop.batch_layout(64, None, 2) == (32, 1)
+    assert loop.batch_layout(64, 8, 2) == (8, 4)
+    for args in ((63, None, 2), (64, 12, 2)):
+        with pytest.raises(GanPruneError):
+            loop.batch_layout(*args)
+
+
+def test_option_errors_are_one_line(files, tmp_path):
+    good = base_options(files, tmp_path)
+    bad_cases = [dict(good, data_free=True), dict(good, data=None), dict(good, kd='magic'), dict(good, bogus=1),
+                 dict(good, teacher=None), dict(good, style_mixing=2.0), dict(good, resume=str(tmp_path / 'nothing'))]
+    for opts in bad_cases:
+        with pytest.raises(GanPruneError) as e:
+            loop.resolve_options(opts)
+        assert '\n' not in str(e.value)
+
+
+def test_resume_options_come_from_the_run(files, tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    rd.write_training_options(run, loop.resolve_options(base_options(files, tmp_path, kimg=1.0)))
+    opts = loop.resolve_options({'resume': str(run), 'kimg': 2.0})
+    assert opts['kimg'] == 2.0 and opts['batch'] == 4 and opts['resume'] == str(run)
+    with pytest.raises(GanPruneError, match='cannot change'):
+        loop.resolve_options({'resume': str(run), 'batch': 8})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Routing at the loop level
+
+def test_one_step_trains_student_and_discriminators_never_the_teacher(files, tmp_path):
+    opts = loop.resolve_options(base_options(files, tmp_path))
+    run_dir = rd.create_run_dir(tmp_path, 'step')
+    trainer = loop.Trainer(opts, run_dir, loop.Dist(0, 1, torch.device('cpu')), torch.device('cpu'))
+    trainer.setup()
+    trainer._stats, trainer._nonfinite = {}, torch.zeros([], dtype=torch.bool)
+    nets = {'G_t': trainer.G_t, 'G_s': trainer.G_s, 'D_s': trainer.D_s, 'D_t': trainer.D_t,
+            'nickel': trainer.loss.nickel}
+    before = {k: copy.deepcopy(m.state_dict()) for k, m in nets.items()}
+    trainer.train_step()
+    trainer.train_step()
+
+    def changed(key):
+        return any(not torch.equal(v, before[key][n]) for n, v in nets[key].state_dict().items())
+
+    assert not changed('G_t')
+    assert changed('G_s') and changed('D_s') and changed('D_t')
+    assert trainer.cur_nimg == 8 and trainer.batch_idx == 2
+    assert all(not p.requires_grad for m in nets.values() for p in m.parameters())  # phases restore the flags
+    assert {'Loss/G/dime', 'Loss/DS/nickel', 'Loss/G/pl_penalty', 'Loss/DS/r1_penalty',
+            'Loss/DT/r1_penalty'} <= set(trainer._stats)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Whole runs
+
+@pytest.mark.slow
+def test_short_run_writes_a_loadable_run_directory(files, tmp_path):
+    import gan_prune
+    infos = []
+    run_dir = loop.distill(tick_callback=infos.append, **base_options(files, tmp_path))
+    names = set(os.listdir(run_dir))
+    assert {rd.OPTIONS_FILE, rd.LOG_FILE, rd.STATS_FILE, rd.RESUME_FILE, 'reals.png', 'teacher.png', 'fakes_init.png',
+            'fakes000000.png', 'network-snapshot-000000.pkl', loop.TEACHER_STATS_FILE} <= names
+    assert not any(n.endswith('.tmp') for n in names)
+    assert [i['cur_tick'] for i in infos] == [1, 2, 3] and infos[-1]['done'] and infos[1]['snapshot']
+
+    rows = rd.read_stats(run_dir)
+    assert [r['Progress/tick']['mean'] for r in rows] == [1, 2, 3]
+    for key in ('Loss/G/main', 'Loss/G/dime', 'Loss/DS/nickel', 'Loss/DT/main', 'Timing/sec_per_kimg'):
+        assert np.isfinite(rows[-1][key]['mean']), key
+    log = open(os.path.join(run_dir, rd.LOG_FILE)).read()
+    assert 'tick 3' in log and 'sec/kimg' in log and 'Snapshot' in log
+    assert json.load(open(os.path.join(run_dir, rd.OPTIONS_FILE)))['kd'] == 'nickel-dime'
+
+    data = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    assert {'G', 'G_ema', 'D', 'D_teacher'} <= set(data)
+    assert data['training_set_kwargs']['xflip'] is True
+    G = data['G_ema']
+    img = G(torch.randn([2, G.z_dim]), torch.zeros([2, 0]), noise_mode='const')
+    assert img.shape == (2, 3, RES, RES) and torch.isfinite(img).all()
+    teacher = gan_prune.load_network_pkl(str(files / 'teacher.pkl'))
+    assert type(data['D']).__name__ == type(teacher['D']).__name__
+    assert not torch.equal(data['D'].b4.out.weight, teacher['D'].b4.out.weight)  # random D^S, then trained
+
+    # Warm start of a new run from that snapshot: its first grid is the snapshot's G_ema grid.
+    snapshot = os.path.join(run_dir, 'network-snapshot-000000.pkl')
+    warm_dir = loop.distill(**base_options(files, tmp_path, kimg=STEP_KIMG, resume=snapshot, dime=''))
+    assert warm_dir != run_dir and 'Warm start' in open(os.path.join(warm_dir, rd.LOG_FILE)).read()
+    first = np.asarray(PIL.Image.open(os.path.join(warm_dir, 'fakes_init.png')))
+    np.testing.assert_array_equal(first, np.asarray(PIL.Image.open(os.path.join(run_dir, 'fakes000000.png'))))
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_weights(files, tmp_path):
+    from gan_prune.cli import main
+    opts = base_options(files, tmp_path, kimg=4 * STEP_KIMG, snap=2)
+    straight = loop.distill(**opts)
+
+    def interrupt(info):
+        if info['cur_tick'] == 3:  # the checkpoint is from tick 2: tick 3's work is lost, as in a crash
+            raise _Interrupt()
+
+    with pytest.raises(_Interrupt):
+        loop.distill(tick_callback=interrupt, **opts)
+    interrupted = sorted(p for p in os.listdir(tmp_path) if p != os.path.basename(straight))[0]
+    interrupted = os.path.join(tmp_path, interrupted)
+    assert load_state(interrupted)['cur_tick'] == 2
+    main(['distill', '--resume', interrupted])
+
+    a, b = load_state(straight), load_state(interrupted)
+    assert a["cur_nimg"] == b["cur_nimg"] == 16 and a["batch_idx"] == b["batch_idx"] == 4
+    for key in ('G', 'G_ema', 'D', 'D_teacher', 'nickel', 'path_length', 'opt_G', 'opt_D'):
+        assert_close_nested(a[key], b[key], key)
+    rows_a, rows_b = rd.read_stats(straight), rd.read_stats(interrupted)
+    assert [r['Progress/tick']['mean'] for r in rows_b] == [1, 2, 3, 4]
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra['Loss/G/main']['mean'] == pytest.approx(rb['Loss/G/main']['mean'], rel=1e-5, abs=1e-6)
+    assert 'Resuming at kimg 0.008' in open(os.path.join(interrupted, rd.LOG_FILE)).read()
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_snapshot(files, tmp_path):
+    import gan_prune
+
+    def poison(info):
+        if info['cur_tick'] == 1:
+            with torch.no_grad():
+                next(info['G'].parameters()).fill_(float('nan'))
+
+    with pytest.raises(GanPruneError, match='diverged') as e:
+        loop.distill(tick_callback=poison, **base_options(files, tmp_path, snap=1, dime=''))
+    assert '\n' not in str(e.value) and 'network-snapshot-000000.pkl' in str(e.value)
+    run_dir = [os.path.join(tmp_path, p) for p in os.listdir(tmp_path)][0]
+    good = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    assert all(torch.isfinite(p).all() for p in good['G'].parameters())
+    assert load_state(run_dir)['cur_tick'] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('variant', ['data-free-cagan', 'dataset-none'])
+def test_baselines_and_data_free_run(files, tmp_path, variant):
+    import gan_prune
+    if variant == 'data-free-cagan':
+        opts = base_options(files, tmp_path, data=None, data_free=True, kd='cagan', kimg=2 * STEP_KIMG, snap=1,
+                            cagan_net=f'torchscript:{files / "embed.pt"}')
+    else:
+        opts = base_options(files, tmp_path, kd='none', ds_init='teacher', teacher_d=False, kimg=2 * STEP_KIMG,
+                            snap=1, style_mixing=0.0)
+    run_dir = loop.distill(**opts)
+    rows = rd.read_stats(run_dir)
+    data = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    if variant == 'data-free-cagan':
+        assert 'Loss/G/kd_l1' in rows[-1] and 'Loss/G/kd_perceptual' in rows[-1] and 'Loss/DT/main' in rows[-1]
+        assert data['training_set_kwargs'] is None and 'reals.png' not in os.listdir(run_dir)
+    else:
+        assert 'Loss/DT/main' not in rows[-1] and 'Loss/G/dime' not in rows[-1] and 'Loss/DS/nickel' not in rows[-1]
+        teacher = gan_prune.load_network_pkl(str(files / 'teacher.pkl'))
+        torch.testing.assert_close(data['D_teacher'].b4.out.weight, teacher['D'].b4.out.weight)  # frozen D^T kept
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_keep_identical_replicas(files, tmp_path):
+    script = tmp_path / 'ddp_run.py'
+    opts = base_options(files, tmp_path / 'runs', kimg=2 * STEP_KIMG, batch=8, snap=1)
+    script.write_text(textwrap.dedent(f'''
+        import json, os, sys
+        from gan_prune.distill.loop import distill, module_checksum
+
+        def report(info):
+            if info['done']:
+                sums = {{k: module_checksum(info[k]) for k in ('G', 'G_ema', 'D', 'D_teacher')}}
+                with open(os.path.join({str(tmp_path)!r}, f"rank{{info['rank']}}.json"), 'w') as f:
+                    json.dump(dict(sums, world=info['world']), f)
+
+        distill(tick_callback=report, **json.loads({json.dumps(json.dumps(opts))}))
+    '''))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nnodes=1', '--nproc_per_node=2',
+           str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.load(open(tmp_path / f'rank{r}.json')) for r in range(2))
+    assert r0['world'] == r1['world'] == 2
+    assert r0 == r1
+    run_dirs = os.listdir(tmp_path / 'runs')
+    assert len(run_dirs) == 1  # one run directory, made by rank 0
+    state = load_state(os.path.join(tmp_path, 'runs', run_dirs[0]))
+    assert state['world'] == 2 and len(state['processes']) == 2
+    assert not torch.equal(state['processes'][0]['rng']['torch'], state['processes'][1]['rng']['torch'])
+
+
+def test_cli_help_and_one_line_errors(capsys):
+    from gan_prune.cli import main
+    main(['distill', '--help'])
+    out = capsys.readouterr().out
+    for option in ('--outdir', '--data', '--kimg', '--batch', '--snap', '--seed', '--gpus', '--mirror', '--resume',
+                   '--metrics', '--kd', '--ds-init', '--data-free'):
+        assert option in out, option
+    flat = ' '.join(out.split())
+    assert 'default: 40000' in flat and 'default: nickel-dime' in flat and 'default: random' in flat
+    with pytest.raises(SystemExit) as e:
+        main(['distill', '--student', 's.pkl', '--data', 'd.zip'])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error:') and '--teacher' in err and '\n' not in err

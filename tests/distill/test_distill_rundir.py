@@ -1,0 +1,120 @@
+"""Run directory: ids, options, log tee, stats.jsonl, grids, snapshots and the resume checkpoint."""
+import os
+import random
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from gan_prune.distill import rundir as rd
+from gan_prune.errors import GanPruneError
+
+
+def test_run_dirs_get_increasing_five_digit_ids(tmp_path):
+    a = rd.create_run_dir(tmp_path, 'distill-x')
+    b = rd.create_run_dir(tmp_path, 'distill y/z')
+    os.makedirs(tmp_path / '00041-old')
+    c = rd.create_run_dir(tmp_path, 'c')
+    assert [os.path.basename(p) for p in (a, b, c)] == ['00000-distill-x', '00001-distill_y_z', '00042-c']
+
+
+def test_training_options_roundtrip_and_errors(tmp_path):
+    opts = {'kimg': 1.5, 'embed_weights': ['a=b'], 'resume': None}
+    rd.write_training_options(tmp_path, opts)
+    assert rd.read_training_options(tmp_path) == opts
+    with pytest.raises(GanPruneError):
+        rd.read_training_options(tmp_path / 'missing')
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / rd.OPTIONS_FILE).write_text('{oops')
+    with pytest.raises(GanPruneError):
+        rd.read_training_options(tmp_path / 'bad')
+
+
+def test_log_tee_copies_stdout_and_appends(tmp_path, capsys):
+    path = tmp_path / 'log.txt'
+    with rd.LogTee(str(path)):
+        print('first line')
+    with rd.LogTee(str(path)):
+        print('second line')
+    assert path.read_text() == 'first line\nsecond line\n'
+    assert 'first line' in capsys.readouterr().out
+    assert not isinstance(sys.stdout, rd.LogTee)
+
+
+def test_stats_rows_summaries_torn_lines_and_truncation(tmp_path):
+    for nimg in (100, 200, 300):
+        rd.append_stats(tmp_path, {'Progress/nimg': rd.summarize([nimg]), 'Loss/G/main': rd.summarize([1.0, 3.0])})
+    with open(tmp_path / rd.STATS_FILE, 'a') as f:
+        f.write('{"Progress/nimg": {"num": 1, "me')  # a crash in the middle of a write
+    rows = rd.read_stats(str(tmp_path))
+    assert [r['Progress/nimg']['mean'] for r in rows] == [100, 200, 300]
+    assert rows[0]['Loss/G/main'] == {'num': 2, 'mean': 2.0, 'std': 1.0} and 'timestamp' in rows[0]
+    rd.truncate_stats(str(tmp_path), 200)
+    assert [r['Progress/nimg']['mean'] for r in rd.read_stats(str(tmp_path))] == [100, 200]
+
+
+def test_image_grid_png_layout(tmp_path):
+    imgs = torch.zeros([5, 3, 4, 6])
+    imgs[1] = 1.0  # white tile at column 1, row 0
+    rd.save_image_grid(imgs, str(tmp_path / 'g.png'), (3, 2))
+    arr = np.asarray(PIL.Image.open(tmp_path / 'g.png'))
+    assert arr.shape == (8, 18, 3)
+    assert (arr[:4, 6:12] == 255).all() and (arr[:4, :6] == 128).all() and (arr[4:, 12:] == 0).all()
+    gray = np.full([2, 1, 4, 4], 7, np.uint8)
+    rd.save_image_grid(gray, str(tmp_path / 'h.png'), (2, 1))
+    assert np.asarray(PIL.Image.open(tmp_path / 'h.png')).shape == (4, 8)
+    assert rd.parse_grid('8x4') == (8, 4)
+    with pytest.raises(GanPruneError):
+        rd.parse_grid('eight')
+
+
+def test_rng_state_roundtrip_through_resume_file(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    rd.save_resume(str(tmp_path), {'rng': rd.get_rng_state(), 'step': 7})
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(100)
+    np.random.seed(100)
+    random.seed(100)
+    state = rd.load_resume(str(tmp_path))  # weights_only=True: plain data only
+    assert state['step'] == 7
+    rd.set_rng_state(state['rng'])
+    torch.testing.assert_close(torch.rand(3), expected[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+
+
+def test_missing_or_corrupt_resume_file(tmp_path):
+    with pytest.raises(GanPruneError, match='no resume.pt'):
+        rd.load_resume(str(tmp_path))
+    (tmp_path / rd.RESUME_FILE).write_bytes(b'garbage')
+    with pytest.raises(GanPruneError):
+        rd.load_resume(str(tmp_path))
+
+
+def test_snapshot_is_an_nvidia_format_pickle(tmp_path):
+    import dnnlib
+    from training import networks
+    import gan_prune
+    torch.manual_seed(0)
+    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3,
+                           mapping_kwargs=dnnlib.EasyDict(num_layers=1),
+                           synthesis_kwargs=dnnlib.EasyDict(channel_base=64, channel_max=8))
+    D = networks.Discriminator(c_dim=0, img_resolution=8, img_channels=3, channel_base=64, channel_max=8)
+    G.requires_grad_(True).train()
+    path = rd.save_snapshot(str(tmp_path), 12345, {'G': G, 'G_ema': G, 'D': D, 'D_teacher': D},
+                            extra={'training_set_kwargs': {'path': 'x.zip'}})
+    assert os.path.basename(path) == 'network-snapshot-000012.pkl'
+    assert rd.list_snapshots(str(tmp_path)) == [path]
+    assert G.training and next(G.parameters()).requires_grad  # the live network is untouched
+    data = gan_prune.load_network_pkl(path)
+    assert {'G', 'G_ema', 'D', 'D_teacher', 'augment_pipe', 'training_set_kwargs'} <= set(data)
+    assert data['training_set_kwargs'] == {'path': 'x.zip'}
+    for key in ('G', 'G_ema', 'D'):
+        assert not data[key].training
+        assert all(not p.requires_grad and p.device.type == 'cpu' for p in data[key].parameters())
+    for (name, a), b in zip(G.state_dict().items(), data['G_ema'].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
