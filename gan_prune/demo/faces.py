@@ -132,23 +132,12 @@ MASKS_ENTRY = 'content_masks.npy'  # inside the dataset zip; ignored by dataset 
 def write_faces_zip(path: str, num: int, seed: int = 0, resolution: int = 32) -> str:
     """Write `num` faces as a StyleGAN2-ADA dataset zip with a `content_masks.npy` entry [N, H, W], atomically."""
     import io
-    import os
-    import zipfile
 
     from gan_prune.distill.data import write_dataset_zip
     images, masks = make_faces(num, seed, resolution)
-    tmp = f'{path}.partial.zip'
-    try:
-        write_dataset_zip(tmp, images)
-        buf = io.BytesIO()
-        np.save(buf, masks)
-        with zipfile.ZipFile(tmp, 'a') as zf:
-            zf.writestr(MASKS_ENTRY, buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    buf = io.BytesIO()
+    np.save(buf, masks)
+    return write_dataset_zip(path, images, extra_entries={MASKS_ENTRY: buf.getvalue()})
 
 
 def read_masks(path: str) -> np.ndarray:

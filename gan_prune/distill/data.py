@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from typing import Iterable, Iterator, Sequence
 
@@ -23,6 +22,7 @@ import PIL.Image
 import torch
 
 from gan_prune.errors import GanPruneError
+from gan_prune.fileio import atomic_write
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 LABELS_FILE = 'dataset.json'
@@ -205,22 +205,21 @@ class ImageDataset(torch.utils.data.Dataset):
 # ------------------------------------------------------------------------------------------------------------
 # Writing datasets (tests, tools)
 
-def write_dataset_zip(path: str, images: Iterable, labels: Sequence | None = None) -> str:
+def write_dataset_zip(path: str, images: Iterable, labels: Sequence | None = None,
+                      extra_entries: dict[str, bytes] | None = None) -> str:
     """Write images (uint8 arrays HWC or HW, or PIL images) as a StyleGAN2-ADA dataset zip, atomically.
 
     `labels`, if given, holds one int class or one list of floats per image and goes to dataset.json.
-    Names follow StyleGAN2-ADA's dataset tool: `00000/img00000000.png`. Returns `path`.
+    Names follow StyleGAN2-ADA's dataset tool: `00000/img00000000.png`. `extra_entries` (name -> bytes) are
+    stored as they are, e.g. per-image masks; readers ignore entries that are not images. Returns `path`.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    os.close(fd)
-    from gan_prune.fileio import default_file_mode
-    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; a dataset should get the usual permissions
-    names = []
-    try:
-        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    labels = None if labels is None else list(labels)
+
+    def write(f) -> None:
+        names = []
+        with zipfile.ZipFile(f, 'w', compression=zipfile.ZIP_STORED) as zf:
             for i, image in enumerate(images):
                 im = image if isinstance(image, PIL.Image.Image) else _array_to_pil(np.asarray(image))
                 buf = io.BytesIO()
@@ -229,17 +228,14 @@ def write_dataset_zip(path: str, images: Iterable, labels: Sequence | None = Non
                 zf.writestr(name, buf.getvalue())
                 names.append(name)
             if labels is not None:
-                labels = list(labels)
                 if len(labels) != len(names):
                     raise GanPruneError(f'{len(labels)} labels for {len(names)} images; give one label per image')
                 entries = [[n, _plain_label(v)] for n, v in zip(names, labels)]
                 zf.writestr(LABELS_FILE, json.dumps({'labels': entries}))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+            for name, data in (extra_entries or {}).items():
+                zf.writestr(name, data)
+
+    return atomic_write(path, write)
 
 
 def _array_to_pil(arr: np.ndarray) -> PIL.Image.Image:
