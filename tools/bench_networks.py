@@ -305,6 +305,7 @@ def main(argv=None):
     if args.quick:
         return
 
+    torch.set_num_threads(args.threads)  # so that the machine line names the wall-clock thread count
     command = 'python tools/bench_networks.py' + ''.join(f' {a}' for a in (argv if argv is not None else sys.argv[1:]))
     lines = [
         '## networks: training/networks.py on CPU',
