@@ -74,7 +74,10 @@ class Embedder(nn.Module):
 
     @classmethod
     def from_spec(cls, arg: str | None, weights: str | None, normalize: bool) -> 'Embedder':
-        raise NotImplementedError
+        """Build from `family[:arg]`. The default suits embedders that take no argument (weights come separately)."""
+        if arg:
+            raise GanPruneError(f'{cls.family} takes no argument (got {cls.family}:{arg}); use --embed-weights FILE')
+        return cls(weights=weights, normalize=normalize)
 
     def prepare(self, img: torch.Tensor) -> torch.Tensor:
         """Map [-1, 1] images to what `embed` expects (resize / normalise)."""
@@ -168,12 +171,6 @@ class EffNetLite0Embedder(Embedder):
         self.resolution = effnet_lite.NATIVE_RESOLUTION
         _mean_std_buffers(self, effnet_lite.IMAGENET_MEAN, effnet_lite.IMAGENET_STD)
         self.freeze()
-
-    @classmethod
-    def from_spec(cls, arg, weights, normalize):
-        if arg:
-            raise GanPruneError(f'effnet-lite0 takes no argument (got effnet-lite0:{arg}); use --embed-weights FILE')
-        return cls(weights=weights, normalize=normalize)
 
     def prepare(self, img):
         x = _resize(img, self.resolution)
@@ -294,12 +291,6 @@ class DinoResNet50Embedder(Embedder):
         self.resolution = 224
         _mean_std_buffers(self, IMAGENET_MEAN, IMAGENET_STD)
         self.freeze()
-
-    @classmethod
-    def from_spec(cls, arg, weights, normalize):
-        if arg:
-            raise GanPruneError(f'dino-resnet50 takes no argument (got dino-resnet50:{arg}); use --embed-weights FILE')
-        return cls(weights=weights, normalize=normalize)
 
     def prepare(self, img):
         if not self.normalize:
