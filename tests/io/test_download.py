@@ -1,9 +1,6 @@
 """gan_prune.io.download against a local HTTP server: caching, progress, retries, atomic files, checksums."""
-import collections
 import hashlib
-import http.server
 import os
-import threading
 
 import pytest
 import torch
@@ -16,45 +13,13 @@ from gan_prune.io import download
 PAYLOAD = bytes(range(256)) * 400  # 100 kB
 
 
-class LocalServer:
-    """Serves `routes` {path: (status, body, declared_length or None)} on 127.0.0.1 and counts requests."""
-
-    def __init__(self, routes):
-        self.routes = routes
-        self.hits = collections.Counter()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                path = self.path.split('#')[0]
-                server.hits[path] += 1
-                status, body, declared = server.routes.get(path, (404, b'not found', None))
-                self.send_response(status)
-                self.send_header('Content-Length', str(declared if declared is not None else len(body)))
-                self.end_headers()
-                self.wfile.write(body)  # a short body with a longer declared length = a dropped connection
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.base = f'http://127.0.0.1:{self.httpd.server_address[1]}'
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server():
-    s = LocalServer({
+def server(serve_http):
+    return serve_http({
         '/files/net.pkl': (200, PAYLOAD, None),
         '/files/short.pkl': (200, PAYLOAD[:1000], len(PAYLOAD)),
         '/files/flaky.pkl': (503, b'busy', None),
     })
-    yield s
-    s.close()
 
 
 @pytest.fixture
@@ -166,19 +131,16 @@ def test_unreachable_host(tmp_path, fast_retries):
     assert 'ConnectionError' in str(info.value) and '\n' not in str(info.value)
 
 
-def test_load_network_pkl_over_http(tmp_path):
+def test_load_network_pkl_over_http(tmp_path, serve_http):
     from training import networks
     G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3,
                            mapping_kwargs={'num_layers': 1}, synthesis_kwargs={'channel_base': 32, 'channel_max': 8})
     D = networks.Discriminator(c_dim=0, img_resolution=8, img_channels=3, channel_base=32, channel_max=8)
     gan_prune.save_network_pkl(dict(G=G, D=D, G_ema=G), tmp_path / 'snap.pkl')
-    s = LocalServer({'/snap.pkl': (200, (tmp_path / 'snap.pkl').read_bytes(), None)})
-    try:
-        url = s.base + '/snap.pkl'
-        data = gan_prune.load_network_pkl(url, cache_dir=tmp_path / 'cache')
-        again = gan_prune.load_network_pkl(url, cache_dir=tmp_path / 'cache', trust=True)
-    finally:
-        s.close()
+    s = serve_http({'/snap.pkl': (200, (tmp_path / 'snap.pkl').read_bytes(), None)})
+    url = s.base + '/snap.pkl'
+    data = gan_prune.load_network_pkl(url, cache_dir=tmp_path / 'cache')
+    again = gan_prune.load_network_pkl(url, cache_dir=tmp_path / 'cache', trust=True)
     assert s.hits['/snap.pkl'] == 1
     z = torch.randn(2, 8)
     with torch.no_grad():  # same op paths on both sides (CPU inference paths differ from autograd ones)

@@ -1,12 +1,10 @@
 """Every kind of bad input to load_network_pkl is one clear GanPruneError line, never a traceback."""
-import http.server
 import io
 import os
 import pickle
 import pickletools
 import socket
 import sys
-import threading
 import types
 import zipfile
 
@@ -173,34 +171,11 @@ def test_unsupported_scheme_and_bad_source_types():
     assert 'must be a path' in load_error('')
 
 
-class _NotFoundServer:
-    def __init__(self):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                self.send_response(404)
-                self.send_header('Content-Length', '0')
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.base = f'http://127.0.0.1:{self.httpd.server_address[1]}'
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def test_http_errors(tmp_path, monkeypatch):
+def test_http_errors(tmp_path, monkeypatch, serve_http):
     monkeypatch.setitem(defaults.DOWNLOAD, 'retry_delay', 0.0)
     monkeypatch.setitem(defaults.DOWNLOAD, 'num_attempts', 2)
-    server = _NotFoundServer()
-    try:
-        message = load_error(server.base + '/missing.pkl', cache_dir=tmp_path)
-    finally:
-        server.close()
+    server = serve_http({})  # every path answers 404
+    message = load_error(server.base + '/missing.pkl', cache_dir=tmp_path)
     assert 'HTTP 404' in message and '/missing.pkl' in message
 
     with socket.socket() as s:

@@ -1,0 +1,50 @@
+"""A local HTTP server for download tests (127.0.0.1 only; nothing leaves the machine)."""
+import collections
+import http.server
+import threading
+
+import pytest
+
+
+class LocalServer:
+    """Serves `routes` {path: (status, body, declared_length or None)} on 127.0.0.1 and counts requests."""
+
+    def __init__(self, routes):
+        self.routes = routes
+        self.hits = collections.Counter()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                path = self.path.split('#')[0]
+                server.hits[path] += 1
+                status, body, declared = server.routes.get(path, (404, b'not found', None))
+                self.send_response(status)
+                self.send_header('Content-Length', str(declared if declared is not None else len(body)))
+                self.end_headers()
+                self.wfile.write(body)  # a short body with a longer declared length = a dropped connection
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.base = f'http://127.0.0.1:{self.httpd.server_address[1]}'
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve_http():
+    """serve_http(routes) starts a LocalServer; every server is shut down when the test ends."""
+    servers = []
+
+    def start(routes):
+        servers.append(LocalServer(routes))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
