@@ -261,8 +261,21 @@ def clean_resnet_state_dict(state: dict) -> dict:
     return cleaned
 
 
+class _RawInputEmbedder(Embedder):
+    """Feeds the [-1, 1] images as they are; normalize=True maps to [0, 1], resizes to `resolution` and applies
+    ImageNet mean/std. Subclasses set `model`, `resolution` and the mean/std buffers."""
+
+    def prepare(self, img):
+        if not self.normalize:
+            return img
+        return (_resize(_to_unit_range(img), self.resolution) - self.pixel_mean) / self.pixel_std
+
+    def embed(self, x):
+        return self.model(x)
+
+
 @register_embedder
-class DinoResNet50Embedder(Embedder):
+class DinoResNet50Embedder(_RawInputEmbedder):
     """torchvision ResNet-50 with the classifier removed (pooled 2048-d), weights from a DINO state dict.
     The released method feeds the raw [-1, 1] images at their own resolution."""
 
@@ -292,17 +305,9 @@ class DinoResNet50Embedder(Embedder):
         _mean_std_buffers(self, IMAGENET_MEAN, IMAGENET_STD)
         self.freeze()
 
-    def prepare(self, img):
-        if not self.normalize:
-            return img
-        return (_resize(_to_unit_range(img), self.resolution) - self.pixel_mean) / self.pixel_std
-
-    def embed(self, x):
-        return self.model(x)
-
 
 @register_embedder
-class TorchScriptEmbedder(Embedder):
+class TorchScriptEmbedder(_RawInputEmbedder):
     """Any TorchScript feature extractor (torchscript:FILE). normalize=False passes the [-1, 1] images as they
     are; normalize=True maps them to [0, 1], resizes to `resolution` (224) and applies ImageNet mean/std.
     The output dimension is read by running one probe image of `probe_resolution` pixels."""
@@ -339,13 +344,6 @@ class TorchScriptEmbedder(Embedder):
             raise GanPruneError('torchscript embedder needs a file: use --embed torchscript:FILE')
         return cls(path, normalize=normalize)
 
-    def prepare(self, img):
-        if not self.normalize:
-            return img
-        return (_resize(_to_unit_range(img), self.resolution) - self.pixel_mean) / self.pixel_std
-
-    def embed(self, x):
-        return self.model(x)
 
 
 def embedder_families() -> list[str]:
