@@ -10,7 +10,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-import torch.nn.functional as F
 
 from gan_prune.distill import loop
 from gan_prune.distill import rundir as rd
@@ -25,7 +24,7 @@ class _Interrupt(Exception):
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory):
+def files(tmp_path_factory, save_tiny_embedder):
     """Teacher / student pickles, a 12-image dataset and a tiny TorchScript embedder for DiME."""
     import dnnlib
     import gan_prune
@@ -54,16 +53,7 @@ def files(tmp_path_factory):
     gan_prune.save_network_pkl(dict(G=G_s, D=D_t, G_ema=G_s), d / 'student.pkl')
     write_dataset_zip(d / 'data.zip', np.random.RandomState(0).randint(0, 256, (12, RES, RES, 3), dtype=np.uint8))
 
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 6, 3, stride=2)
-
-        def forward(self, x):
-            return F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 1).flatten(1)
-
-    torch.manual_seed(3)
-    torch.jit.script(Tiny()).save(str(d / 'embed.pt'))
+    save_tiny_embedder(d / 'embed.pt', seed=3)
     return d
 
 

@@ -176,22 +176,8 @@ def test_cagan_kd_terms(tmp_path):
     assert masked(x + 1, x)[0].abs().max() == 0
 
 
-def _tiny_torchscript_embedder(path):
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 6, 3, stride=2)
-
-        def forward(self, x):
-            return F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 1).flatten(1)
-
-    torch.manual_seed(0)
-    torch.jit.script(Tiny()).save(str(path))
-    return str(path)
-
-
-def test_perceptual_distance_with_an_embedder(tmp_path):
-    spec = 'torchscript:' + _tiny_torchscript_embedder(tmp_path / 'tiny.pt')
+def test_perceptual_distance_with_an_embedder(tmp_path, save_tiny_embedder):
+    spec = 'torchscript:' + save_tiny_embedder(tmp_path / 'tiny.pt', seed=0)
     dist = L.PerceptualDistance(spec)
     x = torch.rand([2, 3, 16, 16]) * 2 - 1
     y = torch.rand([2, 3, 16, 16]) * 2 - 1
