@@ -32,6 +32,17 @@ def feature_map_names(img_resolution: int) -> list:
     return names
 
 
+def _cpu_inference(x: torch.Tensor, ws: torch.Tensor) -> bool:
+    """The conditions of the inference-only CPU paths of the layers (float32 on CPU, autograd recording nothing).
+
+    There the block passes on the channels_last layout those layers return (converting to NCHW and back would
+    cost two passes over the activations) and upsamples the skip image without a convolution.
+    """
+    if x.device.type != 'cpu' or x.dtype != torch.float32:
+        return False
+    return not torch.is_grad_enabled() or not (x.requires_grad or ws.requires_grad)
+
+
 @persistence.persistent_class
 class SlimSynthesisBlock(torch.nn.Module):
     """SynthesisBlock with independent channel counts for its input, middle and output feature maps.
@@ -96,7 +107,8 @@ class SlimSynthesisBlock(torch.nn.Module):
             x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
         else:
             misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
-            x = x.to(dtype=dtype, memory_format=memory_format)
+            if not (x.dtype == dtype and _cpu_inference(x, ws)):
+                x = x.to(dtype=dtype, memory_format=memory_format)
 
         if self.in_channels == 0:
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
@@ -111,7 +123,12 @@ class SlimSynthesisBlock(torch.nn.Module):
 
         if img is not None:
             misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
-            img = upfirdn2d.upsample2d(img, self.resample_filter)
+            # upsample2d_separable is looked up at call time: other environments' torch_utils may lack it.
+            separable = getattr(upfirdn2d, 'upsample2d_separable', None)
+            if separable is not None and _cpu_inference(img, ws):
+                img = separable(img, self.resample_filter)
+            else:
+                img = upfirdn2d.upsample2d(img, self.resample_filter)
         if self.is_last or self.architecture == 'skip':
             y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
             y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)

@@ -1,5 +1,7 @@
 """Upsample, FIR-filter and downsample 2-D images (upfirdn2d), plus setup_filter, filter2d, upsample2d, downsample2d.
 
+upsample2d_separable is a CPU inference variant of upsample2d for few-channel images (see its docstring).
+
 upfirdn2d(x, f, up, down, padding) does, for every channel independently:
   1. insert up-1 zeros after every pixel,
   2. zero-pad by `padding` (negative values crop),
@@ -14,7 +16,7 @@ rounding. (Running 2-D filters that are outer products as two 1-D passes was mea
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -160,6 +162,84 @@ def _prefers_channels_last(x: torch.Tensor) -> bool:
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
+def _polyphase_applies(x: torch.Tensor) -> bool:
+    """Few-channel NCHW float32 CPU tensors without autograd: there 2x upsampling is cheaper as shifted adds.
+
+    Depthwise convolutions of 1-4 channel images are slow on CPU in NCHW, and converting such an image to
+    channels_last and back costs more than the filtering itself.
+    """
+    return (x.device.type == 'cpu' and x.dtype == torch.float32 and x.ndim == 4 and x.shape[1] <= 4
+            and x.is_contiguous() and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def _separable_taps(f: torch.Tensor, gain: float) -> Optional[Tuple[List[float], List[float]]]:
+    """(taps along y, taps along x), gain included, if f is 1-D or an outer product of two 1-D filters; else None."""
+    if f.ndim == 1:
+        taps = [v * gain ** 0.5 for v in f.tolist()]
+        return taps, taps
+    if f.numel() > 64:
+        return None
+    rows = f.tolist()  # a few numbers: plain Python is cheaper than tensor ops here
+    fy = [sum(row) for row in rows]
+    total = sum(fy)
+    if total == 0:
+        return None
+    fx = [sum(col) / total for col in zip(*rows)]
+    tol = 1e-6 * max(abs(v) for row in rows for v in row)
+    if any(abs(a * b - v) > tol for a, row in zip(fy, rows) for b, v in zip(fx, row)):
+        return None
+    return [v * gain for v in fy], fx
+
+
+def _upsample2x_axis(x: torch.Tensor, taps: List[float], pad0: int, pad1: int, flip_filter: bool,
+                     dim: int) -> torch.Tensor:
+    """upfirdn along one axis (`dim` 2 or 3) with up=2: each output phase is a short filter over the input.
+
+    Output m = 2q + r sums c[k] * x[q + (r + k - pad0) / 2] over the taps k of matching parity, where c is the
+    correlation kernel; inputs outside the image are zero (the input is zero-padded once so that every tap
+    reads one slice).
+    """
+    kernel = taps if flip_filter else taps[::-1]
+    size = x.shape[dim]
+    out_size = 2 * size + pad0 + pad1 - len(kernel) + 1
+    counts = [(out_size - r + 1) // 2 for r in range(2)]  # outputs of phase r
+    phase_taps = [[((r + k - pad0) // 2, c) for k, c in enumerate(kernel) if (r + k - pad0) % 2 == 0 and c != 0]
+                  for r in range(2)]
+    offsets = [offset for pt in phase_taps for offset, _ in pt] or [0]
+    lo = max(0, -min(offsets))
+    hi = max(0, max(counts) - 1 + max(offsets) - (size - 1))
+    if lo or hi:
+        x = F.pad(x, [lo, hi] if dim == 3 else [0, 0, lo, hi])
+    shape = list(x.shape)
+    shape[dim] = out_size
+    out = x.new_empty(shape)
+    for r in range(2):
+        if counts[r] <= 0:
+            continue
+        phase = out.narrow(dim, r, 2 * counts[r] - 1)[(slice(None),) * dim + (slice(None, None, 2),)]
+        if not phase_taps[r]:
+            phase.zero_()
+        for i, (offset, c) in enumerate(phase_taps[r]):
+            src = x.narrow(dim, lo + offset, counts[r])
+            if i == 0:
+                torch.mul(src, c, out=phase)
+            else:
+                phase.add_(src, alpha=c)
+    return out
+
+
+def _upsample2x_polyphase(x: torch.Tensor, taps: Tuple[List[float], List[float]], x0: int, x1: int, y0: int,
+                          y1: int, flip_filter: bool) -> torch.Tensor:
+    """upfirdn2d with up=2, down=1 and a separable filter, as shifted multiply-adds along x, then along y.
+
+    x goes first: its phases are strided along the innermost axis, which is slow to write, so that pass runs on
+    the smaller (not yet y-upsampled) image; the y pass then writes whole rows.
+    """
+    taps_y, taps_x = taps
+    x = _upsample2x_axis(x, taps_x, x0, x1, flip_filter, dim=3)
+    return _upsample2x_axis(x, taps_y, y0, y1, flip_filter, dim=2)
+
+
 def _pad_or_crop(x: torch.Tensor, x0: int, x1: int, y0: int, y1: int) -> torch.Tensor:
     """Zero-pad by positive amounts, crop by negative ones."""
     if x0 > 0 or x1 > 0 or y0 > 0 or y1 > 0:
@@ -251,6 +331,23 @@ def upsample2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntOrPair = 2, pa
     fw, fh = _get_filter_size(f)
     p = [padx0 + (fw + upx - 1) // 2, padx1 + (fw - upx) // 2, pady0 + (fh + upy - 1) // 2, pady1 + (fh - upy) // 2]
     return upfirdn2d(x, f, up=[upx, upy], padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
+
+
+def upsample2d_separable(x: torch.Tensor, f: Optional[torch.Tensor], padding: Padding = 0, flip_filter: bool = False,
+                         gain: float = 1, impl: str = 'cuda') -> torch.Tensor:
+    """upsample2d(x, f, up=2, ...) computed as shifted multiply-adds along each axis (no convolution).
+
+    For images with 1-4 channels in NCHW float32 on the CPU, without autograd, and a separable filter (1-D, or a
+    2-D outer product such as setup_filter([1, 3, 3, 1])); equal to upsample2d up to float rounding. Any other
+    input is passed on to upsample2d.
+    """
+    taps = _separable_taps(f, gain * 4) if f is not None and _polyphase_applies(x) else None
+    if taps is None:
+        return upsample2d(x, f, up=2, padding=padding, flip_filter=flip_filter, gain=gain, impl=impl)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)  # padding as in upsample2d with up=2
+    return _upsample2x_polyphase(x, taps, padx0 + (fw + 1) // 2, padx1 + (fw - 2) // 2, pady0 + (fh + 1) // 2,
+                                 pady1 + (fh - 2) // 2, flip_filter)
 
 
 def downsample2d(x: torch.Tensor, f: Optional[torch.Tensor], down: IntOrPair = 2, padding: Padding = 0,
