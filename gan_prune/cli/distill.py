@@ -53,6 +53,10 @@ def _optional_float(value):
                    'start a new run from its G, G_ema, D and D_teacher.')
 @click.option('--metrics', default=D['metrics'], show_default=True,
               help="Metrics at every snapshot, comma list (e.g. fid,kid) or 'none'; see gan-prune metrics.")
+@click.option('--metrics-num-gen', type=click.IntRange(min=2), default=D['metrics_num_gen'], show_default=True,
+              help='Generated images per snapshot metric (more: less noise, slower).')
+@click.option('--metrics-detector', default=D['metrics_detector'], show_default=True,
+              help="Feature network of the metrics: effnet-lite0 (bundled), inception or inception:FILE.")
 @click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=D['lr'], show_default=True,
               help='Adam learning rate of G^S, D^S and D^T (betas 0, 0.99; lazy-regularisation scaling applied).')
 @click.option('--gamma', type=click.FloatRange(min=0), default=D['gamma'], show_default=True,

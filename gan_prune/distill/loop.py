@@ -43,7 +43,7 @@ RESUME_FORMAT = 'gan_prune.distill.resume.v1'
 TEACHER_STATS_FILE = 'teacher_stats.npz'
 METRICS_FILE = 'metrics.jsonl'
 # Options that may change when resuming a run directory; every other option must stay as it was.
-RESUME_OVERRIDABLE = ('kimg', 'snap', 'tick', 'metrics', 'workers', 'lr', 'gamma', 'pl_weight', 'gpus', 'device',
+RESUME_OVERRIDABLE = ('kimg', 'snap', 'tick', 'metrics', 'metrics_num_gen', 'metrics_detector', 'workers', 'lr', 'gamma', 'pl_weight', 'gpus', 'device',
                       'batch_gpu', 'grid', 'resume', 'trust')
 
 
@@ -100,7 +100,7 @@ def _validate(o: dict) -> None:
     for key in ('kimg', 'tick', 'lr', 'ema_kimg'):
         if not (isinstance(o[key], (int, float)) and o[key] > 0):
             raise GanPruneError(f'--{key.replace("_", "-")} must be positive, got {o[key]}')
-    for key in ('batch', 'snap', 'gpus', 'pl_batch_shrink', 'nickel_levels'):
+    for key in ('batch', 'snap', 'gpus', 'pl_batch_shrink', 'nickel_levels', 'metrics_num_gen'):
         if int(o[key]) < 1:
             raise GanPruneError(f'--{key.replace("_", "-")} must be at least 1, got {o[key]}')
     for key in ('gamma', 'pl_weight', 'nickel_weight', 'cagan_l1', 'cagan_perceptual', 'pl_decay', 'workers'):
@@ -747,6 +747,7 @@ class Trainer:
         from gan_prune.metrics.compute import compute_metrics
         data = None if self.opts.get('data_free') else self.opts['data']
         results = compute_metrics(self.G_ema, metrics, data=data, ref_G=self.G_t if data is None else None,
+                                  detector=self.opts['metrics_detector'], num_gen=int(self.opts['metrics_num_gen']),
                                   device=self.device, log=self.log)
         line = {'results': results, 'snapshot_pkl': os.path.basename(snapshot_path), 'kimg': self.cur_nimg / 1000,
                 'timestamp': time.time()}

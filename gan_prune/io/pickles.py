@@ -272,6 +272,7 @@ def save_network_pkl(data: Mapping, path: str | os.PathLike) -> None:
                             f'Module: {", ".join(missing)}')
 
     snapshot: dict[str, Any] = {}
+    exported: dict[int, Any] = {}  # the same module under two keys (G is G_ema) is stored once
     ordered_keys = [k for k in SNAPSHOT_KEY_ORDER] + [k for k in data if k not in SNAPSHOT_KEY_ORDER]
     for key in ordered_keys:
         value = data.get(key)
@@ -282,7 +283,9 @@ def save_network_pkl(data: Mapping, path: str | os.PathLike) -> None:
         if key == 'training_set_kwargs' and value is not None and not isinstance(value, dict):
             raise GanPruneError(f'cannot save {path}: training_set_kwargs must be a dict or None')
         if isinstance(value, torch.nn.Module):
-            snapshot[key] = _export_module(value, key, path)
+            if id(value) not in exported:
+                exported[id(value)] = _export_module(value, key, path)
+            snapshot[key] = exported[id(value)]
         else:
             snapshot[key] = _plain_data(value, f'data[{key!r}]', path)
 

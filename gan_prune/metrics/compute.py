@@ -285,7 +285,7 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
                     cache: bool = METRICS['cache'], cache_dir: str | None = None, progress: bool = False,
                     kid_subsets: int = METRICS['kid_subsets'], kid_subset_size: int = METRICS['kid_subset_size'],
                     pr_neighbours: int = METRICS['pr_neighbours'],
-                    log: Callable[[str], None] | None = None) -> dict[str, float]:
+                    log: Callable[[str], None] | None = None, gen_cache: dict | None = None) -> dict[str, float]:
     """Compute FID / KID / precision-recall of generator G against `data` or against teacher `ref_G`.
 
     G: a StyleGAN2-ADA-style generator (z_dim, c_dim, forward(z=, c=, noise_mode=, force_fp32=)); it is used in
@@ -294,6 +294,8 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     detector: a spec ('effnet-lite0', 'inception', 'inception:FILE') or a ready Detector (reuse it across calls).
     Returns {key: value}: keys 'fid', 'kid', 'precision', 'recall' for Inception, else suffixed with
     '_<detector name>' (e.g. 'fid_effnet-lite0'). Reference statistics are cached on disk when `cache`.
+    gen_cache: a dict the caller keeps for one G across calls (say, against the data and then against the
+    teacher), so that G's samples go through the detector once.
     """
     names = parse_metrics(metrics)
     if (data is None) == (ref_G is None):
@@ -349,7 +351,13 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     ref_stats = store.get_or_compute(key, need_features, compute_ref)
     say(f'reference statistics ({what}, {detector.name}): '
         + {'hit': 'from cache', 'miss': 'computed and cached', 'disabled': 'computed'}[store.last_event])
-    gen_stats = generator_stats(G, detector, num_gen, batch, seed, label_sampler, device, need_features, progress)
+    labels = ('dataset' if data is not None else 'uniform') if G.c_dim else 'none'  # conditional G: other samples
+    gen_key = (num_gen, batch, seed, repr(sorted(detector.identity().items())), labels)
+    gen_stats = gen_cache.get(gen_key) if gen_cache is not None else None
+    if gen_stats is None or (need_features and not gen_stats.capture_all):
+        gen_stats = generator_stats(G, detector, num_gen, batch, seed, label_sampler, device, need_features, progress)
+        if gen_cache is not None:
+            gen_cache[gen_key] = gen_stats
 
     if 'fid' in names and detector.dim and min(num_gen, ref_stats.num_items) <= detector.dim:
         say(f'note: {min(num_gen, ref_stats.num_items)} samples for {detector.dim}-d features: the covariances are '

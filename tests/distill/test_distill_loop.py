@@ -265,9 +265,14 @@ def test_baselines_and_data_free_run(files, tmp_path, variant):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_keep_identical_replicas(files, tmp_path):
-    script = tmp_path / 'ddp_run.py'
-    opts = base_options(files, tmp_path / 'runs', kimg=2 * STEP_KIMG, batch=8, snap=1)
+def _two_process_run(files, tmp_path, launcher):
+    """Run two gloo processes (torchrun, or --gpus 2 spawned by distill itself); per-rank checksums and the run."""
+    out = tmp_path / launcher
+    out.mkdir()
+    opts = base_options(files, out / 'runs', kimg=2 * STEP_KIMG, batch=8, snap=1)
+    if launcher == 'spawn':
+        opts['gpus'] = 2
+    script = out / 'two_process_run.py'
     script.write_text(textwrap.dedent(f'''
         import json, os, sys
         from gan_prune.distill.loop import distill, module_checksum
@@ -275,24 +280,34 @@ def test_two_gloo_processes_keep_identical_replicas(files, tmp_path):
         def report(info):
             if info['done']:
                 sums = {{k: module_checksum(info[k]) for k in ('G', 'G_ema', 'D', 'D_teacher')}}
-                with open(os.path.join({str(tmp_path)!r}, f"rank{{info['rank']}}.json"), 'w') as f:
+                with open(os.path.join({str(out)!r}, f"rank{{info['rank']}}.json"), 'w') as f:
                     json.dump(dict(sums, world=info['world']), f)
 
-        distill(tick_callback=report, **json.loads({json.dumps(json.dumps(opts))}))
+        if __name__ == '__main__':  # spawned processes import this file again
+            distill(tick_callback=report, **json.loads({json.dumps(json.dumps(opts))}))
     '''))
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nnodes=1', '--nproc_per_node=2',
-           str(script)]
+    cmd = [sys.executable, str(script)]
+    if launcher == 'torchrun':
+        cmd[1:1] = ['-m', 'torch.distributed.run', '--standalone', '--nnodes=1', '--nproc_per_node=2']
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (json.load(open(tmp_path / f'rank{r}.json')) for r in range(2))
+    sums = [json.load(open(out / f'rank{r}.json')) for r in range(2)]
+    run_dirs = os.listdir(out / 'runs')
+    assert len(run_dirs) == 1  # one run directory, made by rank 0
+    return sums, os.path.join(out, 'runs', run_dirs[0])
+
+
+def test_two_gloo_processes_keep_identical_replicas(files, tmp_path):
+    (r0, r1), run_dir = _two_process_run(files, tmp_path, 'torchrun')
     assert r0['world'] == r1['world'] == 2
     assert r0 == r1
-    run_dirs = os.listdir(tmp_path / 'runs')
-    assert len(run_dirs) == 1  # one run directory, made by rank 0
-    state = load_state(os.path.join(tmp_path, 'runs', run_dirs[0]))
+    state = load_state(run_dir)
     assert state['world'] == 2 and len(state['processes']) == 2
     assert not torch.equal(state['processes'][0]['rng']['torch'], state['processes'][1]['rng']['torch'])
+    # --gpus 2 (processes spawned by distill) is the same computation as torchrun with two processes.
+    spawned, _ = _two_process_run(files, tmp_path, 'spawn')
+    assert spawned == [r0, r1]
 
 
 def test_cli_help_and_one_line_errors(capsys):
@@ -309,3 +324,28 @@ def test_cli_help_and_one_line_errors(capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith('error:') and '--teacher' in err and '\n' not in err
+
+
+def test_metrics_during_distill(files, tmp_path, monkeypatch):
+    monkeypatch.setenv('GAN_PRUNE_CACHE_DIR', str(tmp_path / 'cache'))
+    run_dir = loop.distill(**base_options(files, tmp_path / 'runs', kd='none', kimg=2 * STEP_KIMG, snap=1,
+                                          metrics='fid,kid', metrics_num_gen=6))
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, loop.METRICS_FILE))]
+    assert [r['kimg'] for r in rows] == [STEP_KIMG, 2 * STEP_KIMG]
+    for row in rows:
+        assert set(row['results']) == {'fid_effnet-lite0', 'kid_effnet-lite0'}
+        assert np.isfinite(row['results']['fid_effnet-lite0']) and row['results']['fid_effnet-lite0'] > 0
+        assert os.path.exists(os.path.join(run_dir, row['snapshot_pkl']))
+    with pytest.raises(GanPruneError, match='metrics-num-gen'):
+        loop.distill(**base_options(files, tmp_path / 'runs', metrics_num_gen=0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device: the GPU path (cudnn, NCCL-ready '
+                                                          'device placement) of the loop')
+def test_short_run_on_cuda(files, tmp_path):
+    run_dir = loop.distill(**base_options(files, tmp_path / 'runs', device='cuda', kimg=2 * STEP_KIMG, snap=1))
+    import gan_prune
+    snap = gan_prune.load_network_pkl(rd.list_snapshots(run_dir)[-1])
+    assert all(p.device.type == 'cpu' and torch.isfinite(p).all() for p in snap['G_ema'].parameters())
+    state = load_state(run_dir)
+    assert state['cur_nimg'] == 8

@@ -191,6 +191,36 @@ def test_perceptual_vgg_needs_a_local_weights_file(tmp_path):
         L.PerceptualDistance(f'vgg16:{tmp_path}/missing.pth')
 
 
+def test_perceptual_vgg_loads_a_torchvision_state_dict(tmp_path):
+    import torchvision
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16(weights=None).eval()
+    torch.save(vgg.state_dict(), tmp_path / 'vgg16.pth')
+    dist = L.PerceptualDistance(f'vgg16:{tmp_path}/vgg16.pth')
+    for a, b in zip(dist.features.state_dict().values(), vgg.features.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.rand([2, 3, 32, 32]) * 2 - 1
+    y = x.clone()
+    y[1] = torch.rand([3, 32, 32]) * 2 - 1
+    d = dist(x, y)
+    assert d[0].abs() < 1e-6 and d[1] > 0
+    # By hand: unit-normalised relu1_2 .. relu5_3 activations of the shifted/scaled input, squared differences.
+    shift = torch.tensor(L.LPIPS_SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(L.LPIPS_SCALE).view(1, 3, 1, 1)
+    fx, fy, want = (x - shift) / scale, (y - shift) / scale, torch.zeros(2)
+    for idx, layer in enumerate(vgg.features[:max(L.VGG16_TAPS) + 1]):
+        fx, fy = layer(fx), layer(fy)
+        if idx in L.VGG16_TAPS:
+            nx = fx / (fx.norm(dim=1, keepdim=True) + 1e-10)
+            ny = fy / (fy.norm(dim=1, keepdim=True) + 1e-10)
+            want += (nx - ny).square().sum(1).mean(dim=[1, 2])
+    torch.testing.assert_close(d, want.detach(), rtol=1e-4, atol=1e-6)
+    # A state dict of another network is refused with one line.
+    torch.save({'features.0.weight': torch.zeros(1)}, tmp_path / 'other.pth')
+    with pytest.raises(GanPruneError):
+        L.PerceptualDistance(f'vgg16:{tmp_path}/other.pth')
+
+
 def test_student_teacher_mismatch_is_a_user_error(nets):
     G_s, G_t, D_s, _ = nets
     import dnnlib

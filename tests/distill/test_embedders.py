@@ -94,6 +94,19 @@ def test_effnet_embedder(effnet):
     assert torch.allclose(normalized.prepare(img.detach()), ((resized + 1) / 2 - mean) / std, atol=1e-6)
 
 
+def test_effnet_input_size(effnet):
+    small = build_embedder('effnet-lite0:96')
+    assert small.name == 'effnet-lite0:96' and small.dim == 1280
+    img = _images(2, 32)
+    with torch.no_grad():
+        resized = F.interpolate(img, size=(96, 96), mode='bilinear', align_corners=False)
+        assert torch.allclose(small(img), effnet.model.features(resized), atol=1e-5)
+        assert not torch.allclose(small(img), effnet(img), atol=1e-3)  # a different input size, other features
+    for bad in ('effnet-lite0:big', 'effnet-lite0:8'):
+        with pytest.raises(GanPruneError, match='input size'):
+            build_embedder(bad)
+
+
 def test_effnet_bad_weights(tmp_path):
     with pytest.raises(GanPruneError):
         build_embedder('effnet-lite0', weights=str(tmp_path / 'missing.pth'))

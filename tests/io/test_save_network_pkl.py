@@ -72,6 +72,21 @@ def test_roundtrip_safe_and_trusting_is_bit_exact(tmp_path):
         assert loaded['training_set_kwargs'] == data['training_set_kwargs']
 
 
+def test_one_module_under_two_keys_is_stored_once(tmp_path):
+    data = small_snapshot()
+    gan_prune.save_network_pkl(data, tmp_path / 'separate.pkl')
+    data['G_ema'] = data['G']
+    gan_prune.save_network_pkl(data, tmp_path / 'shared.pkl')
+    g_bytes = sum(p.numel() * 4 for p in data['G'].parameters())
+    saved = os.path.getsize(tmp_path / 'separate.pkl') - os.path.getsize(tmp_path / 'shared.pkl')
+    assert saved >= g_bytes  # the second copy of G's weights is gone
+    for trust in (False, True):
+        loaded = gan_prune.load_network_pkl(tmp_path / 'shared.pkl', trust=trust)
+        assert loaded['G'] is loaded['G_ema']
+        assert all(torch.equal(a, b) for a, b in zip(loaded['G'].state_dict().values(),
+                                                     data['G'].state_dict().values()))
+
+
 def test_stream_references_only_allowed_globals(tmp_path):
     path = tmp_path / 'snap.pkl'
     gan_prune.save_network_pkl(small_snapshot(), path)

@@ -266,6 +266,24 @@ def test_compute_metrics_against_teacher(tmp_path):
     assert 'computed and cached' in logs[-1]
 
 
+def test_gen_cache_embeds_the_samples_once(toy_dataset, tmp_path):
+    det = PixelDetector()
+    calls = []
+    original = det._features
+    det._features = lambda images: calls.append(len(images)) or original(images)
+    common = dict(detector=det, num_gen=32, batch=16, cache_dir=str(tmp_path))
+    plain = [compute.compute_metrics(ToyG(), 'fid,kid', data=toy_dataset, **common),
+             compute.compute_metrics(ToyG(), 'fid,pr', ref_G=ToyG(shift=0.1), **common)]
+    calls.clear()
+    cache = {}
+    G = ToyG()
+    cached = [compute.compute_metrics(G, 'fid,kid', data=toy_dataset, gen_cache=cache, **common),
+              compute.compute_metrics(G, 'fid,pr', ref_G=ToyG(shift=0.1), gen_cache=cache, **common)]
+    assert cached == plain
+    assert sum(calls) == 32  # references came from the disk cache; G's 32 samples went through once
+    assert len(G.calls) == 2  # two batches of 16, in the first call only
+
+
 def test_conditional_generator_gets_dataset_labels(tmp_path):
     G = ToyG(c_dim=3)
     labels = [0, 1, 2, 1] * 4
