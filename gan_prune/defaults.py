@@ -52,6 +52,8 @@ DISTILL = dict(
     gpus=1,                        # processes to spawn when not launched by torchrun
     mirror=False,                  # x-flips of the dataset
     metrics='none',                # comma list computed at every snapshot (e.g. fid); 'none' to skip
+    metrics_num_gen=10000,         # generated images per snapshot metric (gan-prune metrics defaults to 50000)
+    metrics_detector='effnet-lite0',  # feature network of the metrics (see gan-prune metrics --detector)
     lr=0.0025,                     # Adam learning rate for G^S, D^S and D^T (betas 0, 0.99; eps 1e-8)
     gamma=1.0,                     # R1 weight for both discriminators
     pl_weight=2.0,                 # path-length regularisation weight (0 disables it)
@@ -121,4 +123,27 @@ NICKEL = dict(
     weight=10.0,                   # as released
     levels=4,                      # Haar DWT levels; only the high-frequency sub-bands are compared
     resolution=64,                 # teacher G feature resolution (block b64 in paper256); nearest available otherwise
+)
+
+# `gan-prune demo`: the whole pipeline on the bundled teacher, sized for about 10 minutes on a laptop CPU.
+DEMO = dict(
+    outdir='demo-out',
+    teacher='builtin:teacher',     # 32 px cartoon faces (gan_prune/demo/teacher.pkl)
+    rate=0.9,                      # FLOPs compression rate: about 10x fewer MACs
+    criterion='content-aware',
+    mask='demo-faces',             # the content segmenter shipped with the teacher
+    prune_samples=200,
+    data_images=5000,              # procedural faces written to <outdir>/data (the teacher's training data)
+    kimg=5.0,                      # distillation length; the full method runs for thousands of kimg
+    batch=16,
+    ema_kimg=0.5,                  # G_ema half-life; the 20 kimg of paper256 would leave G_ema at the pruned start
+    dime='effnet-lite0:96=15',     # DiME on EfficientNet-Lite0 features at 96 px (cheap for 32 px images)
+    dime_stats_samples=1024,
+    nickel_weight=10.0,
+    metrics='fid,kid',
+    metrics_num_gen=1300,          # images per model (and real images) for the metrics; > 1280, the detector's dim
+    metrics_vs_teacher=True,       # also compare each student with teacher samples (+ metrics_num_gen teacher images)
+    seeds='0-9',                   # columns of the side-by-side image
+    seed=0,
+    device='auto',
 )

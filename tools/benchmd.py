@@ -4,9 +4,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import tempfile
-
-import torch
 
 BENCH_MD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'benchmarks.md')
 _HEADER = '# Benchmarks\n\nEach section is written by the tool named in it; rerun the command to refresh it.\n'
@@ -14,16 +11,8 @@ _HEADER = '# Benchmarks\n\nEach section is written by the tool named in it; reru
 
 def machine_line() -> str:
     """One line describing where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
-    return (f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, '
-            f'Python {platform.python_version()}')
+    from gan_prune.metrics.latency import machine_description
+    return f'{machine_description()}, Python {platform.python_version()}'
 
 
 def write_section(name: str, markdown: str, path: str = BENCH_MD) -> None:
@@ -33,8 +22,6 @@ def write_section(name: str, markdown: str, path: str = BENCH_MD) -> None:
     text = open(path, encoding='utf-8').read() if os.path.exists(path) else _HEADER
     pattern = re.compile(re.escape(begin) + r'.*?' + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + '\n\n' + block + '\n'
+    from gan_prune.fileio import atomic_write
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text), binary=False)

@@ -1,12 +1,15 @@
 """Small networks the toolkit builds itself, addressable as `builtin:NAME` wherever a pickle is expected.
 
-They are randomly initialised from a fixed seed (identical on every machine), so examples and tests run with
-no download and no weights file. `paper256` has the exact shapes of an FFHQ-256 StyleGAN2-ADA checkpoint
-(cfg paper256, fp32), for cost tables and speed measurements.
+`teacher` is the bundled trained teacher (gan_prune/demo/teacher.pkl: 32 px cartoon faces, trained by
+tools/train_teacher.py), loaded with the safe loader like any other pickle. The others are randomly
+initialised from a fixed seed (identical on every machine), so examples and tests run with no download and no
+weights file. `paper256` has the exact shapes of an FFHQ-256 StyleGAN2-ADA checkpoint (cfg paper256, fp32), for
+cost tables and speed measurements.
 """
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 
@@ -32,15 +35,33 @@ BUILTINS = {
     ),
 }
 
+# name -> (description, file next to this module)
+SHIPPED = {
+    'teacher': ('the bundled teacher: 32 px cartoon faces, 64 channels (gan-prune demo)', 'teacher.pkl'),
+}
+
 SEED = 0
 
 
 def builtin_names() -> list[str]:
-    return sorted(BUILTINS)
+    return sorted(list(BUILTINS) + list(SHIPPED))
+
+
+def shipped_path(name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), SHIPPED[name][1])
 
 
 def load_builtin(name: str) -> dict:
     """The snapshot dict (G, D, G_ema, training_set_kwargs, augment_pipe) of built-in network `name`."""
+    if name in SHIPPED:
+        from gan_prune.io.pickles import load_network_pkl
+        path = shipped_path(name)
+        if not os.path.isfile(path):
+            raise GanPruneError(f'the bundled network file {path} is missing; reinstall gan_prune')
+        data = load_network_pkl(path)
+        if data['G'] is data['G_ema']:  # stored once to keep the file small; callers may train G in place
+            data['G'] = copy.deepcopy(data['G_ema'])
+        return data
     if name not in BUILTINS:
         raise GanPruneError(f'unknown built-in network {name!r}; choose one of: '
                             + ', '.join(f'builtin:{n}' for n in builtin_names()))
