@@ -19,7 +19,7 @@ def write_section(name: str, markdown: str, path: str = BENCH_MD) -> None:
     """Replace the block between `<!-- bench:name -->` and `<!-- /bench:name -->` (appended if absent)."""
     begin, end = f'<!-- bench:{name} -->', f'<!-- /bench:{name} -->'
     block = f'{begin}\n{markdown.rstrip()}\n{end}'
-    text = open(path, encoding='utf-8').read() if os.path.exists(path) else _HEADER
+    text = open(path, encoding='utf-8').read() if os.path.exists(path) else (_HEADER if path == BENCH_MD else '')
     pattern = re.compile(re.escape(begin) + r'.*?' + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + '\n\n' + block + '\n'
     from gan_prune.fileio import atomic_write
