@@ -66,16 +66,9 @@ def latency(G, repeats: int) -> tuple[float, float]:
 
     With one thread the CPU time is what the call costs no matter how busy the (shared) machine is.
     """
-    z = torch.randn([BATCH, G.z_dim], generator=torch.Generator().manual_seed(0))
-    c = torch.zeros([BATCH, G.c_dim])
-    G(z, c, noise_mode='const', force_fp32=True)
-    wall, cpu = [], []
-    for _ in range(repeats):
-        started, started_cpu = time.perf_counter(), time.process_time()
-        G(z, c, noise_mode='const', force_fp32=True)
-        wall.append(time.perf_counter() - started)
-        cpu.append(time.process_time() - started_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+    from gan_prune.metrics.latency import generator_latency
+    runs = generator_latency(G, batch=BATCH, repeats=repeats, warmup=1)
+    return statistics.median(runs['wall_ms']) / 1000, statistics.median(runs['cpu_ms']) / 1000
 
 
 def latencies(teacher, nets: dict, repeats: int, threads: int) -> dict:

@@ -196,10 +196,10 @@ def cpu_latencies_ms(models: dict[str, torch.nn.Module], batch: int = 4, rounds:
     runs: dict[str, list[float]] = {name: [] for name in models}
     try:
         for name, G in models.items():  # warm-up
-            generator_latency(G.cpu(), batch=batch, repeats=1, warmup=2, clock='cpu')
+            generator_latency(G.cpu(), batch=batch, repeats=1, warmup=2)
         for _ in range(rounds):
             for name, G in models.items():
-                runs[name] += generator_latency(G, batch=batch, repeats=1, warmup=0, clock='cpu')['runs_ms']
+                runs[name] += generator_latency(G, batch=batch, repeats=1, warmup=0)['cpu_ms']
     finally:
         torch.set_num_threads(threads)
     return {name: float(np.median(r)) for name, r in runs.items()}
