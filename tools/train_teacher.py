@@ -19,7 +19,7 @@ import time
 import click
 import torch
 
-import dnnlib
+from gan_prune.demo.builtin import easydicts
 from gan_prune.errors import GanPruneError
 from gan_prune.io.pickles import load_network_pkl, save_network_pkl
 
@@ -31,17 +31,13 @@ TEACHER_D = dict(c_dim=0, img_resolution=32, img_channels=3, channel_base=2048, 
                  epilogue_kwargs=dict(mbstd_group_size=4))
 
 
-def _easydicts(kwargs: dict) -> dnnlib.EasyDict:
-    return dnnlib.EasyDict({k: dnnlib.EasyDict(v) if isinstance(v, dict) else v for k, v in kwargs.items()})
-
-
 def initial_networks(seed: int) -> dict:
     """Freshly initialised G, G_ema and D of the teacher architecture (a snapshot dict)."""
     from training import networks
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        G = networks.Generator(**_easydicts(TEACHER_G)).eval().requires_grad_(False)
-        D = networks.Discriminator(**_easydicts(TEACHER_D)).eval().requires_grad_(False)
+        G = networks.Generator(**easydicts(TEACHER_G)).eval().requires_grad_(False)
+        D = networks.Discriminator(**easydicts(TEACHER_D)).eval().requires_grad_(False)
     return dict(G=G, G_ema=copy.deepcopy(G), D=D, training_set_kwargs=None, augment_pipe=None)
 
 

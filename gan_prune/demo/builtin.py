@@ -67,7 +67,7 @@ def load_builtin(name: str) -> dict:
                             + ', '.join(f'builtin:{n}' for n in builtin_names()))
     from training import networks
     _, g_kwargs, d_kwargs = BUILTINS[name]
-    g_kwargs, d_kwargs = _easydicts(g_kwargs), _easydicts(d_kwargs)
+    g_kwargs, d_kwargs = easydicts(g_kwargs), easydicts(d_kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         G = networks.Generator(**g_kwargs).eval().requires_grad_(False)
@@ -75,7 +75,7 @@ def load_builtin(name: str) -> dict:
     return dict(G=G, D=D, G_ema=copy.deepcopy(G), training_set_kwargs=None, augment_pipe=None)
 
 
-def _easydicts(kwargs: dict) -> dict:
-    # Nested kwargs are EasyDicts in real snapshots (train.py builds them that way); mirror that.
+def easydicts(kwargs: dict) -> dict:
+    """Network kwargs as EasyDicts, nested dicts too: real snapshots store them that way (train.py builds them so)."""
     import dnnlib
     return dnnlib.EasyDict({k: dnnlib.EasyDict(v) if isinstance(v, dict) else v for k, v in kwargs.items()})
