@@ -20,8 +20,9 @@ import click
 import torch
 
 from gan_prune.demo.builtin import easydicts
+from gan_prune.demo.pipeline import export_generator
 from gan_prune.errors import GanPruneError
-from gan_prune.io.pickles import load_network_pkl, save_network_pkl
+from gan_prune.io.pickles import save_network_pkl
 
 # The bundled teacher: 32 px, 64 channels at every resolution, 128-d latents, 2 mapping layers, fp32.
 TEACHER_G = dict(z_dim=128, w_dim=128, c_dim=0, img_resolution=32, img_channels=3,
@@ -39,14 +40,6 @@ def initial_networks(seed: int) -> dict:
         G = networks.Generator(**easydicts(TEACHER_G)).eval().requires_grad_(False)
         D = networks.Discriminator(**easydicts(TEACHER_D)).eval().requires_grad_(False)
     return dict(G=G, G_ema=copy.deepcopy(G), D=D, training_set_kwargs=None, augment_pipe=None)
-
-
-def export_teacher(snapshot_pkl: str, out: str) -> None:
-    """Write the snapshot's G_ema and D as the compact shipped teacher (G is G_ema)."""
-    snap = load_network_pkl(snapshot_pkl)
-    G = snap['G_ema']
-    save_network_pkl(dict(G=G, G_ema=G, D=snap['D'], training_set_kwargs=snap.get('training_set_kwargs'),
-                           augment_pipe=None), out)
 
 
 @click.command()
@@ -76,7 +69,7 @@ def main(data, outdir, out, kimg, batch, lr, gamma, ema_kimg, tick, snap, seed, 
         if not out:
             raise click.UsageError('--export-snapshot needs --out PKL')
         try:
-            export_teacher(export_snapshot, out)
+            export_generator(export_snapshot, out)
         except GanPruneError as e:
             raise click.ClickException(str(e))
         click.echo(f'teacher written to {out} ({os.path.getsize(out) / 2**20:.2f} MiB)')
@@ -97,7 +90,7 @@ def main(data, outdir, out, kimg, batch, lr, gamma, ema_kimg, tick, snap, seed, 
                               tick=tick, snap=snap, seed=seed, workers=workers, dime='', metrics='none')
         snaps = rd.list_snapshots(run_dir)
         if out and snaps:
-            export_teacher(snaps[-1], out)
+            export_generator(snaps[-1], out)
             click.echo(f'teacher written to {out} ({os.path.getsize(out) / 2**20:.2f} MiB)')
     except GanPruneError as e:
         raise click.ClickException(str(e))

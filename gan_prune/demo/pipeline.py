@@ -68,7 +68,7 @@ def run_demo(log: Callable[[str], None] = print, **options) -> dict:
 
     t = stage(4, 'export', 'the student as a StyleGAN2-ADA pickle (loads in generate.py, calc_metrics.py, ...)')
     student_pkl = os.path.join(outdir, 'student.pkl')
-    export_student(snapshot, pruned_pkl, student_pkl)
+    export_generator(snapshot, student_pkl, pruned_pkl)
     log(f'wrote {student_pkl} ({os.path.getsize(student_pkl) / 2**20:.2f} MiB)')
     timings['export'] = time.time() - t
 
@@ -111,11 +111,12 @@ def write_demo_data(directory: str, num: int, log: Callable[[str], None]) -> str
     return path
 
 
-def export_student(snapshot_pkl: str, pruned_pkl: str, out: str) -> None:
-    """G_ema of the last snapshot (as G and G_ema, stored once), its D^S, the data kwargs and the pruning record."""
+def export_generator(snapshot_pkl: str, out: str, pruned_pkl: str | None = None) -> None:
+    """A compact pickle of a training snapshot: its G_ema as G and G_ema (stored once), its D, the data kwargs,
+    and the pruning record of `pruned_pkl` when given."""
     import gan_prune
     snap = gan_prune.load_network_pkl(snapshot_pkl)
-    pruning = gan_prune.load_network_pkl(pruned_pkl).get('pruning')
+    pruning = gan_prune.load_network_pkl(pruned_pkl).get('pruning') if pruned_pkl else None
     G = snap['G_ema']
     data = dict(G=G, G_ema=G, D=snap['D'], training_set_kwargs=snap.get('training_set_kwargs'), augment_pipe=None)
     if pruning is not None:
