@@ -28,3 +28,10 @@ def golden_dir() -> Path:
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return REPO
+
+
+def pytest_sessionstart(session):
+    """Build the compiled narrow-layer kernels once, up front, rather than inside whichever test (or CLI
+    subprocess) first renders a narrow layer; on a machine without a compiler this only logs why not."""
+    from torch_utils.ops import narrow_conv
+    narrow_conv.kernels()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import torch
 
@@ -85,6 +86,19 @@ def latencies(teacher, nets: dict, repeats: int, threads: int) -> dict:
     finally:
         torch.set_num_threads(previous)
     return out
+
+
+def latencies_without_kernels(teacher, student, repeats: int) -> Optional[tuple[float, float]]:
+    """(teacher, student) 1-thread CPU seconds with the compiled narrow-layer kernels switched off."""
+    from training import networks
+    narrow = networks._narrow_kernels()
+    if narrow is None:
+        return None
+    networks._narrow_module[:] = [None]
+    try:
+        return latency(teacher, max(3, repeats // 2))[1], latency(student, repeats)[1]
+    finally:
+        networks._narrow_module[:] = [narrow]
 
 
 @torch.no_grad()
@@ -159,6 +173,7 @@ def main() -> None:
 
     from gan_prune.demo.builtin import load_builtin
     from gan_prune.nets.cost import generator_cost
+    from torch_utils.ops import narrow_conv
 
     load_before = load_average()
     prune_run = None if args.skip_prune else run_prune(args.samples, args.batch)
@@ -176,6 +191,7 @@ def main() -> None:
                      1 - s_macs / t_macs, t_macs / s_macs, multi[ratio][0], multi['teacher'][0] / multi[ratio][0],
                      single[ratio][1], single['teacher'][1] / single[ratio][1]))
     torch.set_num_threads(1)
+    pytorch_path = latencies_without_kernels(teacher, nets[0.8], args.repeats)
     t_blocks, s_blocks = block_times(teacher), block_times(nets[0.8])
     s_ops, t_ops = top_ops(nets[0.8]), top_ops(teacher)
     torch.set_num_threads(threads)
@@ -207,19 +223,26 @@ def main() -> None:
            f'{single["teacher"][1] * 1e3:.0f} ms CPU (1 thread) per batch; {t_macs / 1e9:.2f} GMACs per image '
            f'(conv + toRGB). Under load from other jobs the 2-thread wall times swing by 2-3x between runs (a '
            f'thread that waits for a descheduled partner stalls every small op); the 1-thread CPU column repeats '
-           f'within a few percent and is the one to compare.', '',
-           f'| ratio r | channels b4..b256 | rate | MAC ratio | student wall ms | speed-up (wall) | '
-           f'student CPU ms, 1 thread | speed-up (CPU, 1 thread) |',
+           f'within a few percent and is the one to compare. Layers with at most {narrow_conv.MAX_CHANNELS} '
+           f'output channels run through the compiled narrow-layer kernels, in both networks (section "narrow").',
+           '',
+           '| ratio r | channels b4..b256 | rate | MAC ratio | student wall ms | speed-up (wall) | '
+           'student CPU ms, 1 thread | speed-up (CPU, 1 thread) |',
            '|---|---|---|---|---|---|---|---|']
     for ratio, chans, rate, mac_ratio, s_wall, wall_up, s_cpu, cpu_up in rows:
         md.append(f'| {ratio} | {", ".join(map(str, chans))} | {rate:.2%} | {mac_ratio:.1f}x | '
                   f'{s_wall * 1e3:.1f} | {wall_up:.1f}x | {s_cpu * 1e3:.1f} | {cpu_up:.1f}x |')
+    if pytorch_path is not None:
+        md += ['', f'Without the kernels (`TORCH_UTILS_CPU_KERNELS=0`, oneDNN throughout): teacher '
+               f'{pytorch_path[0] * 1e3:.0f} ms, r = 0.8 student {pytorch_path[1] * 1e3:.1f} ms CPU (1 thread), '
+               f'{pytorch_path[0] / pytorch_path[1]:.1f}x.']
     md += ['', '### Where the time goes (r = 0.8 student vs teacher, 1 thread, CPU ms per call)', '',
            '| part | teacher | student | ratio |', '|---|---|---|---|']
     for name in list(t_blocks):
         t, s = t_blocks[name], s_blocks.get(name, float('nan'))
         md.append(f'| {name} | {t * 1e3:.1f} | {s * 1e3:.1f} | {t / s:.1f}x |')
-    md += ['', 'Top torch ops by self CPU time (share of all aten time in one call):', '',
+    md += ['', 'Top torch ops by self CPU time (share of all aten time in one call; the compiled kernels are not '
+           'torch ops and are not counted here):', '',
            '| student r = 0.8 | share | teacher | share |', '|---|---|---|---|']
     for (sk, sv), (tk, tv) in zip(s_ops, t_ops):
         md.append(f'| {sk} | {sv:.0%} | {tk} | {tv:.0%} |')

@@ -123,7 +123,7 @@ def test_implementation_is_logged_once_per_op_and_device(monkeypatch, caplog):
 def test_describe_implementation_names_every_op(device_type):
     description = ops.describe_implementation(device_type)
     assert set(description) == {'bias_act', 'upfirdn2d', 'conv2d_resample', 'fma', 'conv2d_gradfix',
-                                'grid_sample_gradfix'}
+                                'grid_sample_gradfix', 'narrow_conv'}
     assert all(isinstance(v, str) and v for v in description.values())
     if device_type == 'cpu':
         assert 'reference' in description['bias_act'] and 'reference' in description['upfirdn2d']

@@ -72,6 +72,24 @@ def _source_digest(sources: List[str], build_kwargs: dict) -> str:
     return digest.hexdigest()
 
 
+def _build_dir(module_name: str, sources: List[str], build_kwargs: dict) -> str:
+    from torch.utils import cpp_extension
+    build_root = os.environ.get('TORCH_EXTENSIONS_DIR') or cpp_extension._get_build_directory(  # pylint: disable=protected-access
+        module_name, verbose=False)
+    return os.path.join(build_root, f'{module_name}_{_source_digest(sources, build_kwargs)[:16]}')
+
+
+def is_built(module_name: str, sources: List[str], **build_kwargs) -> bool:
+    """Whether get_plugin() with these arguments will load a library built earlier (no compilation)."""
+    import sysconfig
+    sources = [os.path.abspath(src) for src in sources]
+    if not all(os.path.isfile(src) for src in sources):
+        return False
+    suffix = '.pyd' if os.name == 'nt' else '.so'
+    library = os.path.join(_build_dir(module_name, sources, build_kwargs), module_name + suffix)
+    return os.path.isfile(library) or os.path.isfile(library[:-len(suffix)] + (sysconfig.get_config_var('EXT_SUFFIX') or ''))
+
+
 def get_plugin(module_name: str, sources: List[str], **build_kwargs):
     """Build (once per process, cached on disk by content) and import the extension `module_name`.
 
@@ -96,9 +114,7 @@ def get_plugin(module_name: str, sources: List[str], **build_kwargs):
     elif verbosity == 'brief':
         print(f'Building custom op "{module_name}"... ', end='', flush=True)
     try:
-        build_root = os.environ.get('TORCH_EXTENSIONS_DIR') or cpp_extension._get_build_directory(  # pylint: disable=protected-access
-            module_name, verbose=False)
-        build_dir = os.path.join(build_root, f'{module_name}_{_source_digest(sources, build_kwargs)[:16]}')
+        build_dir = _build_dir(module_name, sources, build_kwargs)
         os.makedirs(build_dir, exist_ok=True)
         module = cpp_extension.load(name=module_name, sources=sources, build_directory=build_dir,
                                     verbose=(verbosity == 'full'), **build_kwargs)

@@ -4,9 +4,12 @@ Class names, constructor arguments, stored attributes, parameter and buffer name
 follow the published interface, so state dicts and network pickles are interchangeable with the original.
 
 The text of this module is embedded into every network pickle written with these classes, and the original
-environment executes it when loading. It therefore imports only numpy, torch and the public torch_utils
-names that the original environment provides.
+environment executes it when loading. It therefore imports only numpy, torch, the standard library and the
+public torch_utils names that the original environment provides; extras of this torch_utils (the compiled
+narrow-layer kernels, separable image upsampling) are looked up at call time and skipped where missing.
 """
+
+import importlib
 
 import numpy as np
 import torch
@@ -158,6 +161,24 @@ def _inference_fast_path(x, *tensors):
     if x.dtype != torch.float32 or not _cpu_fast_path(x):
         return False
     return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, *tensors))
+
+
+_narrow_module = []
+
+
+def _narrow_kernels():
+    """torch_utils.ops.narrow_conv (compiled kernels for narrow layers in CPU inference), or None.
+
+    None where the module does not exist (the original torch_utils, which may execute this file when it
+    loads a network pickle; hence the guarded dynamic import) or cannot build its kernels.
+    """
+    if not _narrow_module:
+        try:
+            narrow = importlib.import_module('torch_utils.ops.narrow_conv')
+        except ImportError:
+            narrow = None
+        _narrow_module.append(narrow if narrow is not None and narrow.kernels() is not None else None)
+    return _narrow_module[0]
 
 
 # Output pixels per sample from which a layer runs its convolutions one sample at a time during CPU inference.
@@ -444,9 +465,12 @@ class SynthesisLayer(torch.nn.Module):
         act_clamp = _act_clamp(self.conv_clamp, gain)
         noise_strength = self.noise_strength if self.use_noise else None
 
-        if (self.activation == 'lrelu' and self.resolution * self.resolution >= _PER_SAMPLE_MIN_PIXELS
-                and _inference_fast_path(x, styles, self.weight, self.bias, noise_strength)):
-            return self._forward_per_sample(x, styles, noise_mode, act_gain, act_clamp, flip_weight)
+        if self.activation == 'lrelu' and _inference_fast_path(x, styles, self.weight, self.bias, noise_strength):
+            narrow = _narrow_kernels()
+            if narrow is not None and narrow.applies(x, self.weight, self.up, self.resample_filter):
+                return self._forward_narrow(narrow, x, styles, noise_mode, act_gain, act_clamp)
+            if self.resolution * self.resolution >= _PER_SAMPLE_MIN_PIXELS:
+                return self._forward_per_sample(x, styles, noise_mode, act_gain, act_clamp, flip_weight)
 
         noise = None
         if self.use_noise and noise_mode == 'random':
@@ -469,6 +493,23 @@ class SynthesisLayer(torch.nn.Module):
                              resample_filter=self.resample_filter, flip_weight=flip_weight, fused_modconv=fused_modconv)
         x = bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
         return x
+
+    def _forward_narrow(self, narrow, x, styles, noise_mode, act_gain, act_clamp):
+        """CPU float32 inference of a narrow layer through the compiled kernels (torch_utils.ops.narrow_conv)."""
+        weight = self.weight.to(torch.float32)
+        styles = styles.to(torch.float32)
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
+        factors = styles.unsqueeze(1) * (dcoefs * act_gain).unsqueeze(2)  # [N, O, I]
+        weights = weight.unsqueeze(0) * factors.reshape(*factors.shape, 1, 1)
+        noise = None
+        if self.use_noise and noise_mode == 'const':
+            noise = self.noise_const * (self.noise_strength * act_gain)
+        if self.use_noise and noise_mode == 'random':  # the same draws as the other paths: [N, 1, H, W]
+            noise = torch.randn([x.shape[0], self.resolution, self.resolution], device=x.device)
+            noise = noise * (self.noise_strength * act_gain)
+        alpha = float(bias_act.activation_funcs['lrelu'].def_alpha)
+        return narrow.modulated_lrelu(x, weights, self.bias * act_gain, noise, alpha, act_clamp, up=self.up,
+                                      resample_filter=self.resample_filter)
 
     def _forward_per_sample(self, x, styles, noise_mode, act_gain, act_clamp, flip_weight):
         """CPU float32 inference at high resolution: see _modulated_lrelu_per_sample."""

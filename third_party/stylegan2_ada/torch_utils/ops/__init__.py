@@ -1,8 +1,10 @@
 """Low-level ops used by the StyleGAN2-ADA networks: bias_act, upfirdn2d, conv2d_resample, fma, gradfix convs.
 
-Every op is pure PyTorch. On CPU tensors the reference path always runs (nothing is ever compiled); on CUDA
-tensors `impl='cuda'` selects the torch-native fast path. Which path ran is logged once per process per
-(op, device type) on the logger 'torch_utils.ops' at INFO level.
+These ops are pure PyTorch: the reference path runs on CPU tensors, and on CUDA tensors `impl='cuda'`
+selects the torch-native fast path. One addition has compiled code: narrow_conv, CPU kernels for the float32
+inference of narrow synthesis layers, built on first use and skipped (with the PyTorch path kept) wherever
+they cannot be built. Which path ran is logged once per process per (op, device type) on the logger
+'torch_utils.ops' at INFO level.
 
 This package stays light on purpose: network pickles import its submodules, so they may depend only on
 torch, numpy and dnnlib.
@@ -14,7 +16,8 @@ import threading
 
 logger = logging.getLogger('torch_utils.ops')
 
-_OP_MODULES = ('bias_act', 'upfirdn2d', 'conv2d_resample', 'fma', 'conv2d_gradfix', 'grid_sample_gradfix')
+_OP_MODULES = ('bias_act', 'upfirdn2d', 'conv2d_resample', 'fma', 'conv2d_gradfix', 'grid_sample_gradfix',
+               'narrow_conv')
 _reported: set = set()
 _reported_lock = threading.Lock()
 
