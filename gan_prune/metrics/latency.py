@@ -47,4 +47,5 @@ def machine_description() -> str:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads'
+    threads = torch.get_num_threads()
+    return f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} thread{"s" if threads != 1 else ""}'

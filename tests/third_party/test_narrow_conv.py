@@ -235,3 +235,29 @@ def test_buffer_cache_keeps_the_most_recently_released_within_its_limit():
         assert again.data_ptr() == last  # the most recently released small buffer is the one left
     finally:
         plugin.set_cache_limit(256 * 2 ** 20)
+
+
+@pytest.mark.skipif(plugin is None or not sys.platform.startswith('linux') or os.uname().machine != 'x86_64',
+                    reason='cross-checks the AVX2 build on x86-64 Linux, where the kernels build')
+def test_avx2_build_matches_the_definition_too(tmp_path):
+    """Machines without AVX-512 compile the 8-lane variant (other lane shifts, 12-channel tiles): check it here."""
+    sources, build_kwargs = narrow_conv._build_args()
+    flags = [f for f in build_kwargs['extra_cflags'] if not f.startswith('-march')] + ['-march=x86-64-v3']
+    try:
+        avx2 = custom_ops.get_plugin('narrow_conv_avx2_check', sources, extra_cflags=flags,
+                                     extra_ldflags=build_kwargs['extra_ldflags'])
+    except custom_ops.PluginUnavailableError as error:
+        pytest.skip(f'no AVX2 build here: {error}')
+    assert avx2.vector_width() == 8
+    g = torch.Generator().manual_seed(3)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    for batch, in_ch, out_ch, size in [(2, 5, 13, 24), (1, 30, 25, 8), (3, 2, 1, 16)]:
+        x = torch.randn([batch, in_ch, size, size], generator=g)
+        weights = torch.randn([batch, out_ch, in_ch, 3, 3], generator=g) / np.sqrt(in_ch * 9)
+        packed = weights.permute(0, 2, 3, 4, 1).contiguous()
+        bias = torch.randn([out_ch], generator=g)
+        noise = torch.randn([batch, 2 * size, 2 * size], generator=g)
+        got = avx2.conv3x3_lrelu(x, packed, bias, torch.empty([0]), 0.2, 0.7)
+        assert close(got, reference(x, weights, bias, None, 0.2, 0.7, 1))
+        got = avx2.up3x3_fir_lrelu(x, packed, (f * 4).contiguous(), bias, noise, 0.2, float('inf'))
+        assert close(got, reference(x, weights, bias, noise, 0.2, None, 2))

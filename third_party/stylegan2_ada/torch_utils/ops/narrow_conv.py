@@ -7,12 +7,11 @@ tile of an image row while its input rows are in cache, and finishes the epilogu
 The upsampling layer (transposed 3x3 convolution with stride 2, then the 4x4 low-pass filter) is a single
 pass whose intermediate rows never leave the cache.
 
-Measured against the oneDNN path, whole layers with their epilogues, batch 4, one thread, 2-core AMD EPYC
-(kernel time / oneDNN time; docs/benchmarks.md has the command):
-    3x3:        13 ch @256 0.72, 26 @128 0.74, 52 @64 0.74, 77 @64 0.90, 128 @128 0.86, 256 @64 0.98, 512 @32 1.49
-    upsampling: 26->13 @256 0.63, 52->26 @128 0.70, 128->64 @256 0.66, 256->128 @128 0.72, 512->256 @64 1.17
-so layers with up to MAX_CHANNELS output channels use the kernels, wider ones oneDNN. Both the teacher and
-the pruned students take the same rule.
+Measured layer by layer against the oneDNN path (`python tools/bench_narrow.py`, table in docs/benchmarks.md;
+whole layers with their epilogues, batch 4, one thread, 2-core AMD EPYC): with 13-128 output channels the
+kernels take 0.35-0.95 of oneDNN's time (both 3x3 and upsampling layers); from 154 channels on the two are
+even or oneDNN is faster (512 channels: 1.5-2x). So layers with up to MAX_CHANNELS output channels use the kernels,
+wider ones oneDNN, and the teacher takes the same rule as the pruned students.
 
 The kernels are built with the host compiler on first use (about 40 s, once: the library is cached on disk,
 see torch_utils.custom_ops). Without a compiler, with TORCH_UTILS_CPU_KERNELS=0 in the environment, or if
