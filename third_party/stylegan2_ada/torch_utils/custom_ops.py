@@ -74,8 +74,8 @@ def _source_digest(sources: List[str], build_kwargs: dict) -> str:
 
 def _build_dir(module_name: str, sources: List[str], build_kwargs: dict) -> str:
     from torch.utils import cpp_extension
-    build_root = os.environ.get('TORCH_EXTENSIONS_DIR') or cpp_extension._get_build_directory(  # pylint: disable=protected-access
-        module_name, verbose=False)
+    build_root = (os.environ.get('TORCH_EXTENSIONS_DIR')
+                  or cpp_extension._get_build_directory(module_name, verbose=False))  # pylint: disable=protected-access
     return os.path.join(build_root, f'{module_name}_{_source_digest(sources, build_kwargs)[:16]}')
 
 
@@ -85,9 +85,9 @@ def is_built(module_name: str, sources: List[str], **build_kwargs) -> bool:
     sources = [os.path.abspath(src) for src in sources]
     if not all(os.path.isfile(src) for src in sources):
         return False
-    suffix = '.pyd' if os.name == 'nt' else '.so'
-    library = os.path.join(_build_dir(module_name, sources, build_kwargs), module_name + suffix)
-    return os.path.isfile(library) or os.path.isfile(library[:-len(suffix)] + (sysconfig.get_config_var('EXT_SUFFIX') or ''))
+    stem = os.path.join(_build_dir(module_name, sources, build_kwargs), module_name)
+    suffixes = ['.pyd' if os.name == 'nt' else '.so', sysconfig.get_config_var('EXT_SUFFIX') or '.so']
+    return any(os.path.isfile(stem + suffix) for suffix in suffixes)
 
 
 def get_plugin(module_name: str, sources: List[str], **build_kwargs):

@@ -160,9 +160,9 @@ void conv3x3_row_dispatch(int t, const float* x, int IC, int H, int W, const flo
 struct UpRing {
     // Per channel and ring slot: E at [0, W + VW) and O shifted by one ([1, W]) with zeros around, so that
     // the filter's neighbours O[j-1] and O[j+1] and E[j+1] are plain loads.
-    int W, stride;
+    int stride;
     std::vector<float> data;
-    UpRing(int T, int W_) : W(W_), stride(W_ + 2 * VW), data((size_t)T * 4 * 2 * stride, 0.0f) {}
+    UpRing(int T, int W) : stride(W + 2 * VW), data((size_t)T * 4 * 2 * stride, 0.0f) {}
     float* even(int o, int slot) { return data.data() + (((size_t)o * 4 + slot) * 2 + 0) * stride; }
     float* odd(int o, int slot) { return data.data() + (((size_t)o * 4 + slot) * 2 + 1) * stride + 1; }
 };
