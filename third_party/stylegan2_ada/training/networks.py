@@ -49,14 +49,19 @@ def _cpu_fast_path(x):
     return x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64)
 
 
+def _demodulation_coefs(weight, styles):
+    """[N, O] factors that give each output channel of the per-sample weights weight * styles unit norm.
+
+    sum_{i,k} (weight[o,i,k] * styles[n,i])^2 == styles^2 @ sum_k weight^2: the same value as forming the
+    per-sample weights, without materialising a [N, O, I, kh, kw] tensor.
+    """
+    return (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
+
+
 def _modulate_and_convolve(x, weight, styles, up, down, padding, resample_filter, demodulate, flip_weight):
     """Non-fused modulated convolution without the demodulation multiply: (conv(x * styles, weight), dcoefs)."""
     batch_size = x.shape[0]
-    dcoefs = None
-    if demodulate:
-        # sum_{i,k} (weight[o,i,k] * styles[n,i])^2 == styles^2 @ sum_k weight^2: the same value as forming the
-        # per-sample weights, without materialising a [N, O, I, kh, kw] tensor.
-        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
+    dcoefs = _demodulation_coefs(weight, styles) if demodulate else None
     x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
     x = conv2d_resample.conv2d_resample(x=x, w=weight.to(x.dtype), f=resample_filter, up=up, down=down,
                                         padding=padding, flip_weight=flip_weight)
@@ -498,7 +503,7 @@ class SynthesisLayer(torch.nn.Module):
         """CPU float32 inference of a narrow layer through the compiled kernels (torch_utils.ops.narrow_conv)."""
         weight = self.weight.to(torch.float32)
         styles = styles.to(torch.float32)
-        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
+        dcoefs = _demodulation_coefs(weight, styles)  # [N, O]
         factors = styles.unsqueeze(1) * (dcoefs * act_gain).unsqueeze(2)  # [N, O, I]
         weights = weight.unsqueeze(0) * factors.reshape(*factors.shape, 1, 1)
         noise = None
@@ -515,7 +520,7 @@ class SynthesisLayer(torch.nn.Module):
         """CPU float32 inference at high resolution: see _modulated_lrelu_per_sample."""
         weight = self.weight.to(x.dtype)
         styles = styles.to(x.dtype)
-        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
+        dcoefs = _demodulation_coefs(weight, styles)  # [N, O]
         sample_noise = None
         if self.use_noise and noise_mode == 'const':
             shift = _const_noise_shift(self, act_gain)
