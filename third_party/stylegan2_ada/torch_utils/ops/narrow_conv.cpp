@@ -16,6 +16,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
+#include <utility>
 #include <cstdint>
 #include <vector>
 
@@ -91,6 +93,16 @@ inline void store_cols(float* dst, int W, int x0, vec v) {
     }
 }
 
+// Calls f(std::integral_constant<int, t>{}) for a runtime tile size 1 <= t <= T, so that every tile size gets
+// its own compiled loop with the accumulators in registers.
+template <int T, typename F>
+void with_tile_size(int t, F&& f) {
+    if constexpr (T >= 1) {
+        if (t == T) return f(std::integral_constant<int, T>{});
+        return with_tile_size<T - 1>(t, std::forward<F>(f));
+    }
+}
+
 // One output row y of the T output channels [oc0, oc0 + T) of one sample.
 // x: [IC, H, W]; wt: [IC, 3, 3, T] (the tile's weights, see pack_tile); out: [OC, H, W].
 template <int T>
@@ -137,15 +149,6 @@ void conv3x3_row(const float* x, int IC, int H, int W, const float* wt, int oc0,
             const int oc = oc0 + o;
             store_cols(out + ((size_t)oc * H + y) * W, W, x0, ep.apply(acc[o], ep.bias[oc], nz));
         }
-    }
-}
-
-template <int T>
-void conv3x3_row_dispatch(int t, const float* x, int IC, int H, int W, const float* wt, int oc0, int y,
-                          const Epilogue& ep, float* out) {
-    if constexpr (T >= 1) {
-        if (t == T) return conv3x3_row<T>(x, IC, H, W, wt, oc0, y, ep, out);
-        if constexpr (T > 1) return conv3x3_row_dispatch<T - 1>(t, x, IC, H, W, wt, oc0, y, ep, out);
     }
 }
 
@@ -267,15 +270,6 @@ void up_tile(const float* x, int IC, int H, int W, const float* wp, int OC, int 
                 store(dst + X + VW, ep.apply(zip_hi(even, odd), ep.bias[oc0 + o], ep.noise_at(Y, Wo, X + VW)));
             }
         }
-    }
-}
-
-template <int T>
-void up_tile_dispatch(int t, const float* x, int IC, int H, int W, const float* wp, int OC, int oc0, const float* taps,
-                      const Epilogue& ep, float* out) {
-    if constexpr (T >= 1) {
-        if (t == T) return up_tile<T>(x, IC, H, W, wp, OC, oc0, taps, ep, out);
-        if constexpr (T > 1) return up_tile_dispatch<T - 1>(t, x, IC, H, W, wp, OC, oc0, taps, ep, out);
     }
 }
 
@@ -448,8 +442,11 @@ torch::Tensor conv3x3_lrelu(torch::Tensor x, torch::Tensor wp, torch::Tensor bia
             ep.noise = noise_plane(noise, n, H, W);
             for (int y = y0; y < y1; ++y)
                 for (int t = 0; t < tiles.count; ++t)
-                    conv3x3_row_dispatch<MAX_TILE>(tiles.size(t), xd + n * IC * H * W, (int)IC, (int)H, (int)W,
-                                                   packed[t].data(), tiles.start(t), y, ep, od + n * OC * H * W);
+                    with_tile_size<MAX_TILE>(tiles.size(t), [&](auto tile) {
+                        conv3x3_row<decltype(tile)::value>(xd + n * IC * H * W, (int)IC, (int)H, (int)W,
+                                                           packed[t].data(), tiles.start(t), y, ep,
+                                                           od + n * OC * H * W);
+                    });
         }
     });
     return out;
@@ -482,9 +479,10 @@ torch::Tensor up3x3_fir_lrelu(torch::Tensor x, torch::Tensor wp, torch::Tensor t
             const int t = (int)(i % tiles.count);
             Epilogue ep = base;
             ep.noise = noise_plane(noise, n, 2 * H, 2 * W);
-            up_tile_dispatch<MAX_TILE>(tiles.size(t), xd + n * IC * H * W, (int)IC, (int)H, (int)W,
-                                       wd + n * IC * 9 * OC, (int)OC, tiles.start(t), fd, ep,
-                                       od + n * OC * 4 * H * W);
+            with_tile_size<MAX_TILE>(tiles.size(t), [&](auto tile) {
+                up_tile<decltype(tile)::value>(xd + n * IC * H * W, (int)IC, (int)H, (int)W, wd + n * IC * 9 * OC,
+                                               (int)OC, tiles.start(t), fd, ep, od + n * OC * 4 * H * W);
+            });
         }
     });
     return out;
