@@ -38,7 +38,6 @@ def time_layer(in_ch: int, out_ch: int, resolution: int, up: int, repeats: int) 
     """(median ms through the kernels, median ms through oneDNN) for one layer shape."""
     from torch_utils.ops import narrow_conv
     from training import networks
-    narrow = networks._narrow_kernels()
     limit = narrow_conv.MAX_CHANNELS
     torch.manual_seed(0)
     layer = networks.SynthesisLayer(in_ch, out_ch, w_dim=512, resolution=resolution, up=up, conv_clamp=256).eval()
@@ -51,13 +50,12 @@ def time_layer(in_ch: int, out_ch: int, resolution: int, up: int, repeats: int) 
         narrow_conv.MAX_CHANNELS = max(limit, out_ch)  # time the kernels on wide layers too, to show the crossover
         for _ in range(repeats + 1):
             for use_kernels in (True, False):
-                networks._narrow_module[:] = [narrow if use_kernels else None]
                 x = planar if use_kernels else channels_last
-                start = time.process_time()
-                layer(x, w, noise_mode='const')
-                times[use_kernels].append(time.process_time() - start)
+                with narrow_conv.enabled(use_kernels):
+                    start = time.process_time()
+                    layer(x, w, noise_mode='const')
+                    times[use_kernels].append(time.process_time() - start)
     finally:
-        networks._narrow_module[:] = [narrow]
         narrow_conv.MAX_CHANNELS = limit
     return statistics.median(times[True][1:]) * 1e3, statistics.median(times[False][1:]) * 1e3
 

@@ -90,15 +90,11 @@ def latencies(teacher, nets: dict, repeats: int, threads: int) -> dict:
 
 def latencies_without_kernels(teacher, student, repeats: int) -> Optional[tuple[float, float]]:
     """(teacher, student) 1-thread CPU seconds with the compiled narrow-layer kernels switched off."""
-    from training import networks
-    narrow = networks._narrow_kernels()
-    if narrow is None:
+    from torch_utils.ops import narrow_conv
+    if narrow_conv.kernels() is None:
         return None
-    networks._narrow_module[:] = [None]
-    try:
+    with narrow_conv.enabled(False):
         return latency(teacher, max(3, repeats // 2))[1], latency(student, repeats)[1]
-    finally:
-        networks._narrow_module[:] = [narrow]
 
 
 @torch.no_grad()

@@ -141,6 +141,24 @@ def test_layers_that_need_gradients_or_are_wide_do_not_use_kernels(monkeypatch):
 
 
 @needs_kernels
+def test_enabled_switch_turns_the_kernels_off_within_its_block(monkeypatch):
+    calls = []
+    original = narrow_conv.modulated_lrelu
+    monkeypatch.setattr(narrow_conv, 'modulated_lrelu', lambda *a, **k: calls.append(1) or original(*a, **k))
+    size = narrow_conv.vector_width()
+    layer = _layer(4, 4, size, 1)
+    x, w = torch.randn([1, 4, size, size]), torch.randn([1, 16])
+    with torch.no_grad():
+        with pytest.raises(RuntimeError):
+            with narrow_conv.enabled(False):
+                layer(x, w)
+                assert calls == []
+                raise RuntimeError('leaving the block early')
+        layer(x, w)
+    assert calls == [1]  # on again after the block, even though it raised
+
+
+@needs_kernels
 def test_generator_images_agree_with_and_without_kernels(monkeypatch):
     torch.manual_seed(0)
     G = networks.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=64, img_channels=3,

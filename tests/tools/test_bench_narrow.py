@@ -3,6 +3,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 from torch_utils.ops import narrow_conv
 from training import networks
@@ -29,6 +30,7 @@ def test_time_layer_measures_both_paths_and_restores_the_kernels(monkeypatch):
     assert kernel_ms > 0 and onednn_ms > 0
     assert len(calls) == 2  # warm-up and one timed call through the kernels
     assert networks._narrow_kernels() is before and narrow_conv.MAX_CHANNELS == limit
+    assert narrow_conv.applies(torch.randn([1, 4, 32, 32]), torch.randn([4, 4, 3, 3]), 1, None)  # switched back on
 
 
 def test_shapes_cover_both_sides_of_the_channel_limit():

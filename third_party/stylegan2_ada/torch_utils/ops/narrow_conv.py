@@ -20,11 +20,12 @@ rounding (tests/third_party/test_narrow_conv.py).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -39,6 +40,7 @@ _PLUGIN_NAME = 'narrow_conv_plugin'
 _plugin = None
 _failed = False
 _lock = threading.Lock()
+_enabled = True
 
 
 def _build_args() -> tuple[list, dict]:
@@ -94,10 +96,21 @@ def clear_cache() -> None:
         _plugin.clear_cache()
 
 
+@contextlib.contextmanager
+def enabled(flag: bool) -> Iterator[None]:
+    """Within the block, layers use the kernels only if `flag` (benchmarks compare both paths this way)."""
+    global _enabled
+    previous, _enabled = _enabled, bool(flag)
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
 def applies(x: torch.Tensor, weight: torch.Tensor, up: int, resample_filter: Optional[torch.Tensor]) -> bool:
     """Whether a modulated 3x3 layer (up = 1 or 2) with this input can run through the kernels."""
     out_channels, _, kh, kw = weight.shape
-    if (x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32 or (kh, kw) != (3, 3)
+    if (not _enabled or x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32 or (kh, kw) != (3, 3)
             or up not in (1, 2) or out_channels > MAX_CHANNELS):
         return False
     if up == 2:
