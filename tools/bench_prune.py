@@ -7,7 +7,7 @@ Measures
    const noise, no grad; median of repeated runs after a warm-up), next to the MAC ratio;
 3. where the time goes in the r = 0.8 student and the teacher: per synthesis block, and the top torch ops.
 
-Usage: python tools/bench_prune.py [--samples 400] [--repeats 7] [--skip-prune] [--no-write]
+Usage: python tools/bench_prune.py [--samples 400] [--repeats 9] [--skip-prune] [--no-write]
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import benchmd  # noqa: E402  (tools/ is not a package)
 
 PAPER_RATIOS = (0.5, 0.7, 0.8, 0.9, 0.95)
 BATCH = 4
+ROUNDS = 3  # latency calls are spread over this many rounds that each visit every network
 
 
 def run_prune(samples: int, batch: int) -> dict:
@@ -67,24 +68,44 @@ def latency(G, repeats: int) -> tuple[float, float]:
 
     With one thread the CPU time is what the call costs no matter how busy the (shared) machine is.
     """
+    wall, cpu = timed_calls(G, repeats)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+@torch.no_grad()
+def timed_calls(G, repeats: int) -> tuple[list, list]:
+    """(wall seconds, process CPU seconds) of `repeats` G(z, c) calls at batch 4, fp32, after one warm-up call."""
     from gan_prune.metrics.latency import generator_latency
     runs = generator_latency(G, batch=BATCH, repeats=repeats, warmup=1)
-    return statistics.median(runs['wall_ms']) / 1000, statistics.median(runs['cpu_ms']) / 1000
+    return [t / 1000 for t in runs['wall_ms']], [t / 1000 for t in runs['cpu_ms']]
 
 
-def latencies(teacher, nets: dict, repeats: int, threads: int) -> dict:
-    """{'teacher' or ratio: (wall, cpu)} measured with `threads` intra-op threads."""
+def latencies(teacher, nets: dict, repeats: int, threads: int, rounds: int = ROUNDS) -> dict:
+    """{'teacher' or ratio: (median wall, median cpu)} measured with `threads` intra-op threads.
+
+    The calls are spread over `rounds` rounds that each visit every network, so that a slow spell of the
+    (shared) machine lands on teacher and students alike instead of on whichever was measured during it.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    networks = {'teacher': teacher, **nets}
+    counts = {key: max(3, repeats // 2) if key == 'teacher' else repeats for key in networks}
+    samples = {key: ([], []) for key in networks}
     try:
-        out = {'teacher': latency(teacher, max(3, repeats // 2))}
-        for ratio, S in nets.items():
-            out[ratio] = latency(S, repeats)
-            print(f'{threads} thread(s), ratio {ratio}: wall {out[ratio][0] * 1e3:.1f} ms, cpu '
-                  f'{out[ratio][1] * 1e3:.1f} ms, speed-up {out["teacher"][0] / out[ratio][0]:.1f}x wall, '
-                  f'{out["teacher"][1] / out[ratio][1]:.1f}x cpu', flush=True)
+        for r in range(rounds):
+            for key, G in networks.items():
+                share = counts[key] // rounds + (1 if r < counts[key] % rounds else 0)
+                if share:
+                    wall, cpu = timed_calls(G, share)
+                    samples[key][0].extend(wall)
+                    samples[key][1].extend(cpu)
     finally:
         torch.set_num_threads(previous)
+    out = {key: (statistics.median(wall), statistics.median(cpu)) for key, (wall, cpu) in samples.items()}
+    for ratio in nets:
+        print(f'{threads} thread(s), ratio {ratio}: wall {out[ratio][0] * 1e3:.1f} ms, cpu '
+              f'{out[ratio][1] * 1e3:.1f} ms, speed-up {out["teacher"][0] / out[ratio][0]:.1f}x wall, '
+              f'{out["teacher"][1] / out[ratio][1]:.1f}x cpu', flush=True)
     return out
 
 
@@ -162,7 +183,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--samples', type=int, default=400, help='images scored by the timed prune run')
     parser.add_argument('--batch', type=int, default=8, help='scoring batch of the timed prune run')
-    parser.add_argument('--repeats', type=int, default=7, help='timed calls per network (median reported)')
+    parser.add_argument('--repeats', type=int, default=9,
+                        help=f'timed calls per student, over {ROUNDS} interleaved rounds (median reported)')
     parser.add_argument('--skip-prune', action='store_true', help='only measure latency')
     parser.add_argument('--no-write', action='store_true', help='print instead of writing docs/benchmarks.md')
     args = parser.parse_args()
@@ -213,7 +235,8 @@ def main() -> None:
     else:
         md += earlier_prune_section()
     md += [f'### CPU latency, teacher vs student (G(z, c), batch {BATCH}, fp32, const noise, no grad; median of '
-           f'{args.repeats} runs, teacher {max(3, args.repeats // 2)})', '',
+           f'{args.repeats} runs, teacher {max(3, args.repeats // 2)}, over {ROUNDS} rounds that each visit every '
+           f'network)', '',
            f'Wall time with {threads} threads, and process CPU time with 1 thread (what a call costs regardless of '
            f'other load on this shared machine). Teacher: {multi["teacher"][0] * 1e3:.0f} ms wall, '
            f'{single["teacher"][1] * 1e3:.0f} ms CPU (1 thread) per batch; {t_macs / 1e9:.2f} GMACs per image '

@@ -43,6 +43,16 @@ def _cpu_inference(x: torch.Tensor, ws: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() or not (x.requires_grad or ws.requires_grad)
 
 
+class _Unchanged:
+    """A context that does nothing (where the networks module has no precomputed_styles)."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc_info):
+        return False
+
+
 @persistence.persistent_class
 class SlimSynthesisBlock(torch.nn.Module):
     """SynthesisBlock with independent channel counts for its input, middle and output feature maps.
@@ -110,29 +120,48 @@ class SlimSynthesisBlock(torch.nn.Module):
             if not (x.dtype == dtype and _cpu_inference(x, ws)):
                 x = x.to(dtype=dtype, memory_format=memory_format)
 
-        if self.in_channels == 0:
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-        elif self.architecture == 'resnet':
+        if img is not None:
+            misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
+        if self.in_channels != 0 and self.architecture == 'resnet':
             y = self.skip(x, gain=np.sqrt(0.5))
             x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=np.sqrt(0.5), **layer_kwargs)
             x = y.add_(x)
+            w_rgb = next(w_iter) if self.is_last else None
         else:
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+            if self.in_channels != 0:
+                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+            w1 = next(w_iter)
+            w_rgb = next(w_iter) if self.is_last or self.architecture == 'skip' else None
+            # conv1, toRGB and the skip image in one pass where the layer offers it (our SynthesisLayer in CPU
+            # float32 inference); looked up at call time: other environments' layers lack it.
+            with_rgb = getattr(self.conv1, 'forward_with_rgb', None) if w_rgb is not None else None
+            fused = None
+            if with_rgb is not None and x.dtype == torch.float32:
+                fused = with_rgb(x, w1, self.torgb, w_rgb, img, self.resample_filter, **layer_kwargs)
+            if fused is not None:
+                return fused
+            x = self.conv1(x, w1, fused_modconv=fused_modconv, **layer_kwargs)
 
-        if img is not None:
-            misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
-            # upsample2d_separable is looked up at call time: other environments' torch_utils may lack it.
-            separable = getattr(upfirdn2d, 'upsample2d_separable', None)
-            if separable is not None and _cpu_inference(img, ws):
-                img = separable(img, self.resample_filter)
-            else:
-                img = upfirdn2d.upsample2d(img, self.resample_filter)
-        if self.is_last or self.architecture == 'skip':
-            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
-            y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-            img = img.add_(y) if img is not None else y
+        # Upsampling, toRGB and their sum in one pass where the layer offers it, likewise.
+        combined = None
+        with_skip = getattr(self.torgb, 'forward_with_skip', None) if w_rgb is not None else None
+        if with_skip is not None and x.dtype == torch.float32:
+            combined = with_skip(x, w_rgb, img, self.resample_filter)
+        if combined is not None:
+            img = combined
+        else:
+            if img is not None:
+                # upsample2d_separable is looked up at call time as well.
+                separable = getattr(upfirdn2d, 'upsample2d_separable', None)
+                if separable is not None and _cpu_inference(img, ws):
+                    img = separable(img, self.resample_filter)
+                else:
+                    img = upfirdn2d.upsample2d(img, self.resample_filter)
+            if w_rgb is not None:
+                y = self.torgb(x, w_rgb, fused_modconv=fused_modconv)
+                y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+                img = img.add_(y) if img is not None else y
 
         assert x.dtype == dtype
         assert img is None or img.dtype == torch.float32
@@ -185,10 +214,15 @@ class SlimSynthesisNetwork(torch.nn.Module):
                 block_ws.append(ws.narrow(1, w_idx, block.num_conv + block.num_torgb))
                 w_idx += block.num_conv
 
+        from training import networks
         x = img = None
-        for res, cur_ws in zip(self.block_resolutions, block_ws):
-            block = getattr(self, f'b{res}')
-            x, img = block(x, img, cur_ws, **block_kwargs)
+        blocks = [getattr(self, f'b{res}') for res in self.block_resolutions]
+        # The layers' styles computed up front where the environment's networks module offers it (ours, in
+        # CPU float32 inference); looked up at call time like the other optional fast paths.
+        precomputed = getattr(networks, 'precomputed_styles', None)
+        with precomputed(blocks, block_ws) if precomputed is not None else _Unchanged():
+            for block, cur_ws in zip(blocks, block_ws):
+                x, img = block(x, img, cur_ws, **block_kwargs)
         return img
 
 

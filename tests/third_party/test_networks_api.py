@@ -163,7 +163,7 @@ def test_numpy_scalar_attributes_from_old_pickles_still_work():
 
 def test_module_source_imports_only_what_the_original_environment_provides():
     tree = ast.parse(inspect.getsource(inspect.getmodule(networks.Generator.__mro__[1])))
-    allowed_modules = {'numpy', 'torch', 'dnnlib', 'importlib'}  # importlib: guarded optional extras
+    allowed_modules = {'numpy', 'torch', 'dnnlib', 'importlib', 'contextlib'}  # importlib: guarded optional extras
     allowed_from = {'torch_utils': {'misc', 'persistence'},
                     'torch_utils.ops': {'conv2d_resample', 'upfirdn2d', 'bias_act', 'fma'}}
     for node in ast.walk(tree):

@@ -9,6 +9,7 @@ public torch_utils names that the original environment provides; extras of this 
 narrow-layer kernels, separable image upsampling) are looked up at call time and skipped where missing.
 """
 
+import contextlib
 import importlib
 
 import numpy as np
@@ -259,6 +260,9 @@ class FullyConnectedLayer(torch.nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x):
+        precomputed = self.__dict__.get('_precomputed')  # see precomputed_styles()
+        if precomputed is not None and precomputed[0] == _tensor_key(x):
+            return precomputed[1]
         if x.ndim == 2 and _inference_fast_path(x, self.weight, self.bias):
             return self._forward_inference(x)
         # float() keeps numpy scalars restored from older pickles out of tensor arithmetic.
@@ -276,7 +280,16 @@ class FullyConnectedLayer(torch.nn.Module):
         return x
 
     def _forward_inference(self, x):
-        """The weight gain goes into the matmul's alpha and the bias into its beta term: no scaled weight copy."""
+        """The weight gain goes into the matmul's alpha and the bias into its beta term: no scaled weight copy.
+
+        At inference batch sizes the compiled kernel (torch_utils.ops.narrow_conv.small_batch_linear) reads the
+        weight once and applies bias and activation itself.
+        """
+        narrow = _narrow_kernels()
+        if narrow is not None and narrow.linear_applies(x, self.weight, self.activation):
+            act_gain = bias_act.activation_funcs[self.activation].def_gain
+            return narrow.small_batch_linear(x, self.weight, self.bias, self.weight_gain, self.bias_gain,
+                                             self.activation, act_gain)
         b = self.bias
         if b is not None:
             b = b.to(x.dtype).unsqueeze(0)
@@ -471,9 +484,11 @@ class SynthesisLayer(torch.nn.Module):
         noise_strength = self.noise_strength if self.use_noise else None
 
         if self.activation == 'lrelu' and _inference_fast_path(x, styles, self.weight, self.bias, noise_strength):
-            narrow = _narrow_kernels()
-            if narrow is not None and narrow.applies(x, self.weight, self.up, self.resample_filter):
-                return self._forward_narrow(narrow, x, styles, noise_mode, act_gain, act_clamp)
+            narrow = self._narrow_kernels(x)
+            if narrow is not None:
+                epilogue = self._narrow_epilogue(x, noise_mode, gain)
+                return narrow.modulated_lrelu(x, self.weight, styles, self.bias, *epilogue, up=self.up,
+                                              resample_filter=self.resample_filter)
             if self.resolution * self.resolution >= _PER_SAMPLE_MIN_PIXELS:
                 return self._forward_per_sample(x, styles, noise_mode, act_gain, act_clamp, flip_weight)
 
@@ -499,22 +514,52 @@ class SynthesisLayer(torch.nn.Module):
         x = bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
         return x
 
-    def _forward_narrow(self, narrow, x, styles, noise_mode, act_gain, act_clamp):
-        """CPU float32 inference of a narrow layer through the compiled kernels (torch_utils.ops.narrow_conv)."""
-        weight = self.weight.to(torch.float32)
-        styles = styles.to(torch.float32)
-        dcoefs = _demodulation_coefs(weight, styles)  # [N, O]
-        factors = styles.unsqueeze(1) * (dcoefs * act_gain).unsqueeze(2)  # [N, O, I]
-        weights = weight.unsqueeze(0) * factors.reshape(*factors.shape, 1, 1)
+    def _narrow_kernels(self, x):
+        """torch_utils.ops.narrow_conv if this layer runs through its compiled kernels with input x, else None.
+
+        Those kernels (CPU float32 inference, up to narrow_conv.MAX_CHANNELS output channels) modulate,
+        demodulate and apply the gains themselves: a layer is one call, without per-layer tensor operations.
+        """
+        narrow = _narrow_kernels()
+        if narrow is None or not narrow.applies(x, self.weight, self.up, self.resample_filter):
+            return None
+        return narrow
+
+    def _narrow_epilogue(self, x, noise_mode, gain):
+        """(noise, noise_strength, act_gain, alpha, clamp) as the narrow kernels take them."""
         noise = None
         if self.use_noise and noise_mode == 'const':
-            noise = self.noise_const * (self.noise_strength * act_gain)
+            noise = self.noise_const
         if self.use_noise and noise_mode == 'random':  # the same draws as the other paths: [N, 1, H, W]
             noise = torch.randn([x.shape[0], self.resolution, self.resolution], device=x.device)
-            noise = noise * (self.noise_strength * act_gain)
+        strength = float(self.noise_strength) if noise is not None else 0.0
         alpha = float(bias_act.activation_funcs['lrelu'].def_alpha)
-        return narrow.modulated_lrelu(x, weights, self.bias * act_gain, noise, alpha, act_clamp, up=self.up,
-                                      resample_filter=self.resample_filter)
+        return (noise, strength, float(self.act_gain) * float(gain), alpha, _act_clamp(self.conv_clamp, gain))
+
+    def forward_with_rgb(self, x, w, torgb, w_rgb, img, resample_filter, noise_mode='random', gain=1):
+        """(self(x, w), upsample2d(img, resample_filter) + torgb(self(x, w), w_rgb)) in one pass, or None.
+
+        CPU float32 inference of a narrow 3x3 layer (up = 1) and the block's toRGB: the image is computed from
+        each block of rows of this layer's output right after the kernel produced them, while they are still
+        in cache (narrow_conv.modulated_lrelu_rgb). None where that does not apply; the caller then takes the
+        separate steps.
+        """
+        assert noise_mode in ['random', 'const', 'none']
+        if self.up != 1 or self.activation != 'lrelu' or torgb.weight.shape[2:] != (1, 1):
+            return None
+        narrow = self._narrow_kernels(x)
+        if narrow is None or not narrow.rgb_applies(x, torgb.weight, img, resample_filter,
+                                                    channels=self.weight.shape[0]):
+            return None
+        misc.assert_shape(x, [None, self.weight.shape[1], self.resolution, self.resolution])
+        styles, rgb_styles = self.affine(w), torgb.affine(w_rgb)
+        noise_strength = self.noise_strength if self.use_noise else None
+        if not (_inference_fast_path(x, styles, self.weight, self.bias, noise_strength)
+                and _inference_fast_path(x, rgb_styles, torgb.weight, torgb.bias, img)):
+            return None
+        epilogue = self._narrow_epilogue(x, noise_mode, gain)
+        return narrow.modulated_lrelu_rgb(x, self.weight, styles, self.bias, *epilogue, torgb.weight, rgb_styles,
+                                          torgb.weight_gain, torgb.bias, torgb.conv_clamp, img, resample_filter)
 
     def _forward_per_sample(self, x, styles, noise_mode, act_gain, act_clamp, flip_weight):
         """CPU float32 inference at high resolution: see _modulated_lrelu_per_sample."""
@@ -555,6 +600,23 @@ class ToRGBLayer(torch.nn.Module):
         x = bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
         return x
 
+    def forward_with_skip(self, x, w, img, resample_filter):
+        """upsample2d(img, resample_filter) + self(x, w) in one pass (img None: self(x, w)), or None.
+
+        The block output in CPU float32 inference through torch_utils.ops.narrow_conv.rgb_skip, which writes
+        neither the toRGB output nor the upsampled image separately. None where that kernel does not apply
+        (gradients, other devices or dtypes, channels_last x, more than 4 image channels, no kernels); the
+        caller then takes the separate steps.
+        """
+        narrow = _narrow_kernels()
+        if narrow is None or not x.is_contiguous() or not narrow.rgb_applies(x, self.weight, img, resample_filter):
+            return None
+        styles = self.affine(w)
+        if not _inference_fast_path(x, styles, self.weight, self.bias, img):
+            return None
+        return narrow.rgb_skip(x, self.weight, styles, self.weight_gain, self.bias, self.conv_clamp, img,
+                               resample_filter)
+
     def _forward_inference(self, x, styles):
         """1x1 modulated conv plus bias as one batched matmul; reads NCHW or channels_last x without a copy."""
         batch_size, in_channels, height, width = x.shape
@@ -567,6 +629,41 @@ class ToRGBLayer(torch.nn.Module):
 
 #----------------------------------------------------------------------------
 # Generator.
+
+
+def _tensor_key(t):
+    """What identifies a tensor's values within one forward pass: memory, layout and in-place version."""
+    return t.data_ptr(), tuple(t.shape), t.stride(), t._version
+
+
+@contextlib.contextmanager
+def precomputed_styles(blocks, block_ws):
+    """Within the block, the affine layers of the synthesis blocks answer from styles computed up front.
+
+    CPU float32 inference only. Each layer otherwise turns its w into styles with a small matmul right after
+    the previous layer streamed megabytes of activations through the caches, and pays for cold code and a cold
+    weight every time (about 50 us; 20 such layers in a 256 px generator). Computed back to back they cost a
+    fraction of that. A layer takes its precomputed styles only when called with the very w they came from
+    (same memory, shape, strides and version): any other call computes them as usual. Layers take their w in
+    the order conv0, conv1, torgb from the block's slice of ws, as SynthesisBlock.forward hands them out.
+    """
+    affines = []
+    try:
+        if block_ws and _inference_fast_path(block_ws[0]):
+            for block, cur_ws in zip(blocks, block_ws):
+                layers = [getattr(block, name) for name in ('conv0', 'conv1', 'torgb') if hasattr(block, name)]
+                for layer, w in zip(layers, cur_ws.unbind(dim=1)):
+                    affine = layer.affine
+                    if not _inference_fast_path(w, affine.weight, affine.bias):
+                        continue
+                    affine.__dict__.pop('_precomputed', None)
+                    styles = affine(w)
+                    affine.__dict__['_precomputed'] = (_tensor_key(w), styles)
+                    affines.append(affine)
+        yield
+    finally:
+        for affine in affines:
+            affine.__dict__.pop('_precomputed', None)
 
 
 def _upsample_image(block, img, ws):
@@ -649,24 +746,39 @@ class SynthesisBlock(torch.nn.Module):
             if not (x.dtype == dtype and _inference_fast_path(x, ws)):  # keep the layers' channels_last output
                 x = x.to(dtype=dtype, memory_format=memory_format)
 
-        if self.in_channels == 0:
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-        elif self.architecture == 'resnet':
+        if img is not None:
+            misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
+        if self.in_channels != 0 and self.architecture == 'resnet':
             y = self.skip(x, gain=np.sqrt(0.5))
             x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=np.sqrt(0.5), **layer_kwargs)
             x = y.add_(x)
+            w_rgb = next(w_iter) if self.is_last else None
         else:
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+            if self.in_channels != 0:
+                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+            w1 = next(w_iter)
+            w_rgb = next(w_iter) if self.is_last or self.architecture == 'skip' else None
+            fused = None
+            if w_rgb is not None and x.dtype == torch.float32:  # conv1, toRGB and the skip image in one pass
+                fused = self.conv1.forward_with_rgb(x, w1, self.torgb, w_rgb, img, self.resample_filter,
+                                                    **layer_kwargs)
+            if fused is not None:
+                return fused
+            x = self.conv1(x, w1, fused_modconv=fused_modconv, **layer_kwargs)
 
-        if img is not None:
-            misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
-            img = _upsample_image(self, img, ws)
-        if self.is_last or self.architecture == 'skip':
-            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
-            y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-            img = img.add_(y) if img is not None else y
+        combined = None
+        if w_rgb is not None and x.dtype == torch.float32:
+            combined = self.torgb.forward_with_skip(x, w_rgb, img, self.resample_filter)
+        if combined is not None:
+            img = combined
+        else:
+            if img is not None:
+                img = _upsample_image(self, img, ws)
+            if w_rgb is not None:
+                y = self.torgb(x, w_rgb, fused_modconv=fused_modconv)
+                y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+                img = img.add_(y) if img is not None else y
 
         assert x.dtype == dtype
         assert img is None or img.dtype == torch.float32
@@ -720,9 +832,10 @@ class SynthesisNetwork(torch.nn.Module):
                 w_idx += block.num_conv
 
         x = img = None
-        for res, cur_ws in zip(self.block_resolutions, block_ws):
-            block = getattr(self, f'b{res}')
-            x, img = block(x, img, cur_ws, **block_kwargs)
+        blocks = [getattr(self, f'b{res}') for res in self.block_resolutions]
+        with precomputed_styles(blocks, block_ws):
+            for block, cur_ws in zip(blocks, block_ws):
+                x, img = block(x, img, cur_ws, **block_kwargs)
         return img
 
 

@@ -1,17 +1,24 @@
-"""Compiled CPU kernels for the modulated 3x3 layers of the synthesis network in float32 inference.
+"""Compiled CPU kernels for float32 inference of synthesis networks, above all narrow (pruned) ones.
 
 oneDNN vectorises convolutions over channels: with few output channels many vector lanes idle, and bias,
 noise, leaky ReLU and clamp each cost a further pass over the activations. narrow_conv.cpp vectorises over
-image columns instead (planar NCHW), keeps a tile of up to 16 output channels in registers, computes every
-tile of an image row while its input rows are in cache, and finishes the epilogue before the first store.
-The upsampling layer (transposed 3x3 convolution with stride 2, then the 4x4 low-pass filter) is a single
-pass whose intermediate rows never leave the cache.
+image columns instead (planar NCHW; 16, 8 or 4 lanes, so that 4-16 px rows fill their vectors), keeps a tile
+of up to 16 output channels in registers, computes every tile of an image row while its input rows are in
+cache, and finishes the epilogue before the first store. It forms the modulated, demodulated weights itself,
+so a layer is one call without per-layer tensor operations. The upsampling layer (transposed 3x3 convolution
+with stride 2, then the 4x4 low-pass filter, separably when the filter allows) is a single pass whose
+intermediate rows never leave the cache. Two further kernels serve every generator:
+- modulated_lrelu_rgb / rgb_skip: a block's output image (toRGB plus the upsampled skip image), computed from
+  the rows of the block's last layer right after they were produced;
+- small_batch_linear: fully connected layers at inference batch sizes (mapping network, affines), which a
+  GEMM library would first pack.
 
 Measured layer by layer against the oneDNN path (`python tools/bench_narrow.py`, table in docs/benchmarks.md;
 whole layers with their epilogues, batch 4, one thread, 2-core AMD EPYC): with 13-128 output channels the
-kernels take 0.35-0.95 of oneDNN's time (both 3x3 and upsampling layers); from 154 channels on the two are
-even or oneDNN is faster (512 channels: 1.5-2x). So layers with up to MAX_CHANNELS output channels use the kernels,
-wider ones oneDNN, and the teacher takes the same rule as the pruned students.
+kernels take 0.35-0.92 of oneDNN's time (both 3x3 and upsampling layers), with 154 about 0.9, with 256 the
+two are even, and with 512 either is ahead by a few percent depending on the layer. So layers with up to
+MAX_CHANNELS output channels use the kernels, wider ones oneDNN, and the teacher takes the same rule as the
+pruned students.
 
 The kernels are built with the host compiler on first use (about 40 s, once: the library is cached on disk,
 see torch_utils.custom_ops). Without a compiler, with TORCH_UTILS_CPU_KERNELS=0 in the environment, or if
@@ -34,9 +41,12 @@ from .. import custom_ops
 logger = logging.getLogger('torch_utils.ops')
 
 # Layers with at most this many output channels use the kernels (the measured crossover, see above).
-MAX_CHANNELS = 128
+MAX_CHANNELS = 256
+# The block-output kernel (toRGB plus the upsampled skip image) keeps this many image channels in registers.
+MAX_IMAGE_CHANNELS = 4
 
 _PLUGIN_NAME = 'narrow_conv_plugin'
+_EMPTY = torch.empty([0])
 _plugin = None
 _failed = False
 _lock = threading.Lock()
@@ -110,38 +120,126 @@ def enabled(flag: bool) -> Iterator[None]:
 def applies(x: torch.Tensor, weight: torch.Tensor, up: int, resample_filter: Optional[torch.Tensor]) -> bool:
     """Whether a modulated 3x3 layer (up = 1 or 2) with this input can run through the kernels."""
     out_channels, _, kh, kw = weight.shape
-    if (not _enabled or x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32 or (kh, kw) != (3, 3)
-            or up not in (1, 2) or out_channels > MAX_CHANNELS):
+    if (not _enabled or x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32
+            or (kh, kw) != (3, 3) or up not in (1, 2) or out_channels > MAX_CHANNELS):
         return False
-    if up == 2:
-        f = resample_filter
-        if f is None or f.ndim != 2 or tuple(f.shape) != (4, 4) or not torch.equal(f, f.flip([0, 1])):
-            return False
-    width = vector_width()
-    return width > 0 and x.shape[3] % width == 0
+    if up == 2 and (resample_filter is None or tuple(resample_filter.shape) != (4, 4)
+                    or resample_filter.dtype != torch.float32):
+        return False
+    # Rows of whole 4, 8 or 16-float vectors (the 4-16 px layers use the shorter vectors).
+    return x.shape[3] % 4 == 0 and kernels() is not None
 
 
-def modulated_lrelu(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, noise: Optional[torch.Tensor],
-                    alpha: float, clamp: Optional[float], up: int = 1,
+def modulated_lrelu(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
+                    noise: Optional[torch.Tensor], noise_strength: float, gain: float, alpha: float,
+                    clamp: Optional[float], up: int = 1,
                     resample_filter: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """act(conv(x[n], weights[n]) + bias + noise) for every sample n, NCHW float32 result.
+    """A modulated 3x3 synthesis layer with its epilogue, NCHW float32 result.
 
-    x: [N, I, H, W]; weights: [N, O, I, 3, 3] per-sample weights (modulation, demodulation and activation gain
-    folded in); bias: [O]; noise: None, [H', W'] or [N, H', W'] at the output resolution; act(v) =
-    clamp(lrelu(v, alpha), -clamp, clamp). up = 1: correlation with zero padding 1 (conv2d, padding=1).
-    up = 2: what conv2d_resample(x, weights[n], resample_filter, up=2, padding=1, flip_weight=False) computes
-    (transposed convolution, then the filter with gain 4). Call applies() first.
+    x: [N, I, H, W]; weight: [O, I, 3, 3]; styles: [N, I]. The kernels form the per-sample weights
+    w[n, o, i] = weight[o, i] * styles[n, i] * d[n, o] * gain with the demodulation d[n, o] =
+    1 / sqrt(sum_i,k (weight[o, i, k] * styles[n, i])^2 + 1e-8), and return
+    clamp(lrelu(conv(x[n], w[n]) + gain * (bias + noise_strength * noise), alpha), -clamp, clamp).
+    bias: [O]; noise: None, [H', W'] or [N, H', W'] at the output resolution. up = 1: correlation with zero
+    padding 1 (conv2d, padding=1). up = 2: what conv2d_resample(x, w[n], resample_filter, up=2, padding=1,
+    flip_weight=False) computes (transposed convolution, then the 4x4 filter with gain 4). All tensors float32;
+    call applies() first.
     """
+    # Called once per layer and image: no conversions beyond what the kernels need (they check the rest).
     plugin = kernels()
-    packed = weights.permute(0, 2, 3, 4, 1).contiguous()  # [N, I, 3, 3, O]: a tile's weights side by side
-    noise = torch.empty([0]) if noise is None else noise.to(torch.float32).contiguous()
-    clamp = float('inf') if clamp is None else float(clamp)
-    x = x.contiguous()
-    bias = bias.to(torch.float32).contiguous()
+    args = (x.contiguous(), weight.contiguous(), styles.contiguous())
+    noise = _EMPTY if noise is None else noise.contiguous()
+    epilogue = (float(noise_strength), float(gain), float(alpha), float('inf') if clamp is None else float(clamp))
     if up == 1:
-        return plugin.conv3x3_lrelu(x, packed, bias, noise, float(alpha), clamp)
-    taps = (resample_filter.to(torch.float32) * (up ** 2)).contiguous()
-    return plugin.up3x3_fir_lrelu(x, packed, taps, bias, noise, float(alpha), clamp)
+        return plugin.conv3x3_lrelu(*args, bias.contiguous(), noise, *epilogue)
+    return plugin.up3x3_fir_lrelu(*args, resample_filter.contiguous(), bias.contiguous(), noise, *epilogue)
+
+
+def rgb_applies(x: torch.Tensor, weight: torch.Tensor, img: Optional[torch.Tensor],
+                resample_filter: Optional[torch.Tensor], channels: Optional[int] = None) -> bool:
+    """Whether a toRGB layer (weight [K, C, 1, 1]) and the block's incoming image can run through rgb_skip().
+
+    x: the input of toRGB, or with `channels` given, a tensor of its batch size and resolution (the input of
+    the convolution that produces it, for modulated_lrelu_rgb()).
+    """
+    if not _enabled or x.device.type != 'cpu' or x.dtype != torch.float32 or x.ndim != 4 or weight.ndim != 4:
+        return False
+    n, c, h, w = x.shape
+    c = c if channels is None else channels
+    if tuple(weight.shape[1:]) != (c, 1, 1) or weight.shape[0] > MAX_IMAGE_CHANNELS:
+        return False
+    if img is not None:
+        if (img.device.type != 'cpu' or img.dtype != torch.float32
+                or tuple(img.shape) != (n, weight.shape[0], h // 2, w // 2) or h % 2 or w % 2
+                or resample_filter is None or tuple(resample_filter.shape) != (4, 4)):
+            return False
+    return kernels() is not None
+
+
+def rgb_skip(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, weight_gain: float, bias: torch.Tensor,
+             clamp: Optional[float], img: Optional[torch.Tensor],
+             resample_filter: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """clamp(conv1x1(x[n], w[n]) + bias) + upsample2d(img, resample_filter): a block's output image.
+
+    x: [N, C, H, W]; weight: [K, C, 1, 1]; styles: [N, C]; the toRGB weights of sample n are
+    w[n, k, c] = weight[k, c] * styles[n, c] * weight_gain. bias: [K]; img: None or [N, K, H/2, W/2].
+    One pass: each output row is the 1x1 convolution of x's row plus two filtered rows of img, so neither the
+    toRGB output nor the upsampled image is written out and read back. None when the filter is not separable.
+    All tensors float32; call rgb_applies() first.
+    """
+    skip = _EMPTY if img is None else img.contiguous()
+    f = _EMPTY if img is None else resample_filter.contiguous()
+    out = kernels().rgb_skip(x.contiguous(), weight.contiguous(), styles.contiguous(), float(weight_gain),
+                             bias.contiguous(), float('inf') if clamp is None else float(clamp), skip, f)
+    return out if out.numel() else None
+
+
+def modulated_lrelu_rgb(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
+                        noise: Optional[torch.Tensor], noise_strength: float, gain: float, alpha: float,
+                        clamp: Optional[float], rgb_weight: torch.Tensor, rgb_styles: torch.Tensor,
+                        rgb_weight_gain: float, rgb_bias: torch.Tensor, rgb_clamp: Optional[float],
+                        img: Optional[torch.Tensor],
+                        resample_filter: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(y, image): modulated_lrelu(x, ...) with up = 1, then rgb_skip(y, rgb_weight, ...), in one pass.
+
+    The block's output image is computed from each block of rows of y right after the convolution produced
+    them, while they are still in cache, instead of reading y back from memory. None when the filter is not
+    separable. Call applies() and rgb_applies(x, rgb_weight, img, resample_filter, channels=weight.shape[0]).
+    """
+    noise = _EMPTY if noise is None else noise.contiguous()
+    skip = _EMPTY if img is None else img.contiguous()
+    f = _EMPTY if img is None else resample_filter.contiguous()
+    out = kernels().conv3x3_lrelu_rgb(
+        x.contiguous(), weight.contiguous(), styles.contiguous(), bias.contiguous(), noise, float(noise_strength),
+        float(gain), float(alpha), float('inf') if clamp is None else float(clamp), rgb_weight.contiguous(),
+        rgb_styles.contiguous(), float(rgb_weight_gain), rgb_bias.contiguous(),
+        float('inf') if rgb_clamp is None else float(rgb_clamp), skip, f)
+    return (out[0], out[1]) if out else None
+
+
+# Fully connected layers with at most this many rows (the batch) use small_batch_linear().
+MAX_LINEAR_ROWS = 16
+# Activations small_batch_linear() applies itself: name -> leaky slope for negative inputs.
+_LINEAR_ACTIVATIONS = {'linear': 1.0, 'relu': 0.0, 'lrelu': 0.2}
+
+
+def linear_applies(x: torch.Tensor, weight: torch.Tensor, activation: str) -> bool:
+    """Whether a fully connected layer with this input, weight and activation can use small_batch_linear()."""
+    return (_enabled and x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.ndim == 2 and 1 <= x.shape[0] <= MAX_LINEAR_ROWS and activation in _LINEAR_ACTIVATIONS
+            and kernels() is not None)
+
+
+def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], weight_gain: float,
+                       bias_gain: float, activation: str, act_gain: float) -> torch.Tensor:
+    """act(x @ (weight * weight_gain).T + bias * bias_gain) * act_gain for a few rows of x: [M, O] float32.
+
+    activation: 'linear', 'relu' or 'lrelu' (slope 0.2). Reads the weight once, row by row, without the
+    packing step of a GEMM library (which at 1-16 rows costs more than the product). Call linear_applies() first.
+    """
+    b = torch.empty([0]) if bias is None else bias.to(torch.float32).contiguous()
+    return kernels().small_batch_linear(x.contiguous(), weight.contiguous(), b, float(weight_gain), float(bias_gain),
+                                        _LINEAR_ACTIVATIONS[activation], float(act_gain))
 
 
 def describe(device_type: str) -> str:
