@@ -137,7 +137,7 @@ class SlimSynthesisBlock(torch.nn.Module):
             # float32 inference); looked up at call time: other environments' layers lack it.
             with_rgb = getattr(self.conv1, 'forward_with_rgb', None) if w_rgb is not None else None
             fused = None
-            if with_rgb is not None and x.dtype == torch.float32:
+            if with_rgb is not None:
                 fused = with_rgb(x, w1, self.torgb, w_rgb, img, self.resample_filter, **layer_kwargs)
             if fused is not None:
                 return fused
@@ -146,7 +146,7 @@ class SlimSynthesisBlock(torch.nn.Module):
         # Upsampling, toRGB and their sum in one pass where the layer offers it, likewise.
         combined = None
         with_skip = getattr(self.torgb, 'forward_with_skip', None) if w_rgb is not None else None
-        if with_skip is not None and x.dtype == torch.float32:
+        if with_skip is not None:
             combined = with_skip(x, w_rgb, img, self.resample_filter)
         if combined is not None:
             img = combined

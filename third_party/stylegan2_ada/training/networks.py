@@ -760,7 +760,7 @@ class SynthesisBlock(torch.nn.Module):
             w1 = next(w_iter)
             w_rgb = next(w_iter) if self.is_last or self.architecture == 'skip' else None
             fused = None
-            if w_rgb is not None and x.dtype == torch.float32:  # conv1, toRGB and the skip image in one pass
+            if w_rgb is not None:  # conv1, toRGB and the skip image in one pass (None where that does not apply)
                 fused = self.conv1.forward_with_rgb(x, w1, self.torgb, w_rgb, img, self.resample_filter,
                                                     **layer_kwargs)
             if fused is not None:
@@ -768,7 +768,7 @@ class SynthesisBlock(torch.nn.Module):
             x = self.conv1(x, w1, fused_modconv=fused_modconv, **layer_kwargs)
 
         combined = None
-        if w_rgb is not None and x.dtype == torch.float32:
+        if w_rgb is not None:
             combined = self.torgb.forward_with_skip(x, w_rgb, img, self.resample_filter)
         if combined is not None:
             img = combined

@@ -413,7 +413,7 @@ void up_fir_row_separable(UpRing& ring, int o, int Y, int Ht, int W, const float
 
 // sep: null, or {fy[4], fx[4]} when taps[u][v] = fy[u] * fx[v] (see separable_taps).
 template <int T, int L>
-void up_tile(const float* x, int IC, int H, int W, const std::vector<float>& wt, int oc0, const float* taps,
+void up_tile(const float* x, int IC, int H, int W, const float* wt, int oc0, const float* taps,
              const float* sep, const Epilogue& ep, float* out) {
     using V = vec_t<L>;
     const int Ht = 2 * H + 1, Ho = 2 * H, Wo = 2 * W;
@@ -425,7 +425,7 @@ void up_tile(const float* x, int IC, int H, int W, const std::vector<float>& wt,
     for (int Y = 0; Y < Ho; ++Y) {
         while (done < std::min(Y + 2, Ht - 1)) {
             ++done;
-            up_t_row<T, L>(x, IC, H, W, wt.data(), done, ring, done & 3);
+            up_t_row<T, L>(x, IC, H, W, wt, done, ring, done & 3);
         }
         if (sep != nullptr) {
             for (int o = 0; o < T; ++o)
@@ -618,11 +618,12 @@ struct Modulation {
     const float* input(const float* x, int64_t n, int64_t IC, int64_t HW) const {
         return scale_input ? x_scaled.data() + n * IC * HW : x + n * IC * HW;
     }
-    // The weights of tile t for sample n.
-    std::vector<float> tile(const float* weight, const float* styles, int64_t n, int64_t IC, int64_t OC,
-                            const Tiling& tiles, int t) const {
-        if (scale_input) return shared[t];
-        return pack_tile(weight, styles + n * IC, demod.data() + n * OC, (int)IC, tiles.start(t), tiles.size(t));
+    // The weights of tile t for sample n: the shared pack, or sample n's packed into `storage`.
+    const float* tile(const float* weight, const float* styles, int64_t n, int64_t IC, int64_t OC,
+                      const Tiling& tiles, int t, std::vector<float>& storage) const {
+        if (scale_input) return shared[t].data();
+        storage = pack_tile(weight, styles + n * IC, demod.data() + n * OC, (int)IC, tiles.start(t), tiles.size(t));
+        return storage.data();
     }
     // The epilogue's per-channel factors for sample n.
     const float* epilogue_scale(int64_t n, int64_t OC) const {
@@ -888,9 +889,10 @@ torch::Tensor conv3x3_impl(const torch::Tensor& x, const torch::Tensor& weight, 
                 ep.noise = noise_plane(noise, n, H, W);
                 ep.scale = mod.epilogue_scale(n, OC);
                 for (int t = 0; t < tiles.count; ++t) {
-                    const std::vector<float> wt = mod.tile(wd, sd, n, IC, OC, tiles, t);
+                    std::vector<float> storage;
+                    const float* wt = mod.tile(wd, sd, n, IC, OC, tiles, t, storage);
                     with_tile_size<MAX_TILE>(tiles.size(t), [&](auto tile) {
-                        conv3x3_flat<decltype(tile)::value>(xpad.data(), (int)IC, (int)H, (int)W, wt.data(),
+                        conv3x3_flat<decltype(tile)::value>(xpad.data(), (int)IC, (int)H, (int)W, wt,
                                                             tiles.start(t), ep, od + n * OC * H * W);
                     });
                 }
@@ -905,14 +907,14 @@ torch::Tensor conv3x3_impl(const torch::Tensor& x, const torch::Tensor& weight, 
     const int64_t chunks = (H + kRows - 1) / kRows;
     at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
         std::unique_ptr<RgbOutput::Scratch> scratch = make_scratch(rgb);
-        std::vector<std::vector<float>> packed;
+        std::vector<std::vector<float>> storage(tiles.count);
+        std::vector<const float*> packed(tiles.count);
         int64_t packed_for = -1;
         for (int64_t i = begin; i < end; ++i) {
             const int64_t n = i / chunks;
             const int y0 = (int)((i % chunks) * kRows), y1 = (int)std::min<int64_t>(H, y0 + kRows);
             if (packed_for != n) {
-                packed.clear();
-                for (int t = 0; t < tiles.count; ++t) packed.push_back(mod.tile(wd, sd, n, IC, OC, tiles, t));
+                for (int t = 0; t < tiles.count; ++t) packed[t] = mod.tile(wd, sd, n, IC, OC, tiles, t, storage[t]);
                 packed_for = n;
             }
             Epilogue ep = base;
@@ -924,7 +926,7 @@ torch::Tensor conv3x3_impl(const torch::Tensor& x, const torch::Tensor& weight, 
                 for (int y = y0; y < y1; ++y) {
                     for (int t = 0; t < tiles.count; ++t)
                         with_tile_size<MAX_TILE>(tiles.size(t), [&](auto tile) {
-                            conv3x3_row<decltype(tile)::value, L>(xn, (int)IC, (int)H, (int)W, packed[t].data(),
+                            conv3x3_row<decltype(tile)::value, L>(xn, (int)IC, (int)H, (int)W, packed[t],
                                                                   tiles.start(t), y, ep, od + n * OC * H * W);
                         });
                 }
@@ -991,7 +993,8 @@ torch::Tensor up3x3_fir_lrelu(torch::Tensor x, torch::Tensor weight, torch::Tens
             Epilogue ep = base;
             ep.noise = noise_plane(noise, n, 2 * H, 2 * W);
             ep.scale = mod.epilogue_scale(n, OC);
-            const std::vector<float> wt = mod.tile(wd, sd, n, IC, OC, tiles, t);
+            std::vector<float> storage;
+            const float* wt = mod.tile(wd, sd, n, IC, OC, tiles, t, storage);
             with_lanes(W, [&](auto lanes) {
                 with_tile_size<MAX_TILE>(tiles.size(t), [&](auto tile) {
                     up_tile<decltype(tile)::value, decltype(lanes)::value>(

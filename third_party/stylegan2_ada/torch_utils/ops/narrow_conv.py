@@ -117,6 +117,18 @@ def enabled(flag: bool) -> Iterator[None]:
         _enabled = previous
 
 
+def _bound(clamp: Optional[float]) -> float:
+    """A clamp as the kernels take it: infinity for none."""
+    return float('inf') if clamp is None else float(clamp)
+
+
+def _skip_args(img: Optional[torch.Tensor], resample_filter: Optional[torch.Tensor]) -> tuple:
+    """(skip image, filter) as the block-output kernels take them: empty tensors without an image."""
+    if img is None:
+        return _EMPTY, _EMPTY
+    return img.contiguous(), resample_filter.contiguous()
+
+
 def applies(x: torch.Tensor, weight: torch.Tensor, up: int, resample_filter: Optional[torch.Tensor]) -> bool:
     """Whether a modulated 3x3 layer (up = 1 or 2) with this input can run through the kernels."""
     out_channels, _, kh, kw = weight.shape
@@ -149,7 +161,7 @@ def modulated_lrelu(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
     plugin = kernels()
     args = (x.contiguous(), weight.contiguous(), styles.contiguous())
     noise = _EMPTY if noise is None else noise.contiguous()
-    epilogue = (float(noise_strength), float(gain), float(alpha), float('inf') if clamp is None else float(clamp))
+    epilogue = (float(noise_strength), float(gain), float(alpha), _bound(clamp))
     if up == 1:
         return plugin.conv3x3_lrelu(*args, bias.contiguous(), noise, *epilogue)
     return plugin.up3x3_fir_lrelu(*args, resample_filter.contiguous(), bias.contiguous(), noise, *epilogue)
@@ -187,10 +199,8 @@ def rgb_skip(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, weight
     toRGB output nor the upsampled image is written out and read back. None when the filter is not separable.
     All tensors float32; call rgb_applies() first.
     """
-    skip = _EMPTY if img is None else img.contiguous()
-    f = _EMPTY if img is None else resample_filter.contiguous()
     out = kernels().rgb_skip(x.contiguous(), weight.contiguous(), styles.contiguous(), float(weight_gain),
-                             bias.contiguous(), float('inf') if clamp is None else float(clamp), skip, f)
+                             bias.contiguous(), _bound(clamp), *_skip_args(img, resample_filter))
     return out if out.numel() else None
 
 
@@ -207,13 +217,10 @@ def modulated_lrelu_rgb(x: torch.Tensor, weight: torch.Tensor, styles: torch.Ten
     separable. Call applies() and rgb_applies(x, rgb_weight, img, resample_filter, channels=weight.shape[0]).
     """
     noise = _EMPTY if noise is None else noise.contiguous()
-    skip = _EMPTY if img is None else img.contiguous()
-    f = _EMPTY if img is None else resample_filter.contiguous()
     out = kernels().conv3x3_lrelu_rgb(
         x.contiguous(), weight.contiguous(), styles.contiguous(), bias.contiguous(), noise, float(noise_strength),
-        float(gain), float(alpha), float('inf') if clamp is None else float(clamp), rgb_weight.contiguous(),
-        rgb_styles.contiguous(), float(rgb_weight_gain), rgb_bias.contiguous(),
-        float('inf') if rgb_clamp is None else float(rgb_clamp), skip, f)
+        float(gain), float(alpha), _bound(clamp), rgb_weight.contiguous(), rgb_styles.contiguous(),
+        float(rgb_weight_gain), rgb_bias.contiguous(), _bound(rgb_clamp), *_skip_args(img, resample_filter))
     return (out[0], out[1]) if out else None
 
 
@@ -237,7 +244,7 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     activation: 'linear', 'relu' or 'lrelu' (slope 0.2). Reads the weight once, row by row, without the
     packing step of a GEMM library (which at 1-16 rows costs more than the product). Call linear_applies() first.
     """
-    b = torch.empty([0]) if bias is None else bias.to(torch.float32).contiguous()
+    b = _EMPTY if bias is None else bias.to(torch.float32).contiguous()
     return kernels().small_batch_linear(x.contiguous(), weight.contiguous(), b, float(weight_gain), float(bias_gain),
                                         _LINEAR_ACTIVATIONS[activation], float(act_gain))
 
