@@ -39,6 +39,22 @@ constexpr int MAX_TILE = 12;  // 16 vector registers: 12 accumulators and the 3 
 constexpr int MAX_UP_TILE = 6;
 #endif
 
+// A float vector whose elements start uninitialised unless a value is given: for buffers that are written in
+// full right away (packed weights, scaled inputs), where std::vector's zero fill would be an extra pass.
+template <typename T>
+struct DefaultInit : std::allocator<T> {
+    template <typename U>
+    struct rebind { using other = DefaultInit<U>; };
+    DefaultInit() = default;
+    template <typename U>
+    DefaultInit(const DefaultInit<U>&) noexcept {}
+    template <typename U>
+    void construct(U* p) noexcept { ::new ((void*)p) U; }
+    template <typename U, typename... A>
+    void construct(U* p, A&&... a) { ::new ((void*)p) U(std::forward<A>(a)...); }
+};
+using Floats = std::vector<float, DefaultInit<float>>;
+
 // Vectors of L floats and the lane shuffles the kernels use. Rows narrower than a full vector (the 4-16 px
 // layers) run with 4 or 8 lanes; on CPUs that split 512-bit operations in two (AMD Zen 4) 8 lanes cost no
 // throughput at all.
@@ -381,9 +397,9 @@ void up_t_row(const float* x, int IC, int H, int W, const float* wt, int ty, UpR
 // The weights of output channels [oc0, oc0 + T) as [IC, 3, 3, T]: weight[oc][ic][k] * in_scale[ic] *
 // out_scale[oc] (either scale may be null). Per-sample weights are formed here, where the weights are
 // transposed anyway, rather than in passes over an [N, OC, IC, 3, 3] tensor before the call.
-std::vector<float> pack_tile(const float* weight, const float* in_scale, const float* out_scale, int IC, int oc0,
-                             int T) {
-    std::vector<float> wt((size_t)IC * 9 * T + 2 * VW, 0.0f);  // padded: vectors may be read at any offset
+Floats pack_tile(const float* weight, const float* in_scale, const float* out_scale, int IC, int oc0, int T) {
+    Floats wt((size_t)IC * 9 * T + 2 * VW);  // padded: vectors may be read at any offset
+    std::fill(wt.end() - 2 * VW, wt.end(), 0.0f);
     for (int o = 0; o < T; ++o) {
         const float* wo = weight + (size_t)(oc0 + o) * IC * 9;
         const float so = out_scale != nullptr ? out_scale[oc0 + o] : 1.0f;
@@ -622,27 +638,17 @@ struct Tiling {
 struct Modulation {
     bool scale_input = false;
     std::vector<float> demod;                     // [N, OC]: gain / |weight[o] * styles[n]|
-    std::vector<float> x_scaled;                  // scale_input: [N, IC, H, W], x * styles
-    std::vector<std::vector<float>> shared;       // scale_input: each tile's weights (pack_tile, unscaled)
+    Floats x_scaled;                              // scale_input: [N, IC, H, W], x * styles
+    std::vector<Floats> shared;                   // scale_input: each tile's weights (pack_tile, unscaled)
 
     Modulation(const float* x, const float* weight, const float* styles, float gain, int64_t N, int64_t IC,
                int64_t OC, int64_t HW, const Tiling& tiles) : demod(N * OC) {
-        // |weight[o] * styles[n]|^2 = sum_ic sq[o][ic] * styles[n][ic]^2 with sq[o][ic] = sum_k weight[o][ic][k]^2,
-        // in vectors (these loops run once per layer call; scalar, they cost as much as a small layer).
+        // |weight[o] * styles[n]|^2 = sum_ic sq[o][ic] * styles[n][ic]^2 with sq[o][ic] = sum_k weight[o][ic][k]^2.
+        // sq reads the weight in order (from memory, as a rule: one pass the prefetcher follows); the sums over
+        // ic run in vectors (a scalar chain of double additions cost as much as a small layer).
         const int64_t R = OC * IC;
-        std::vector<float> sq(R), s2(N * IC);
-        int64_t r = 0;
-        for (; r + VW <= R; r += VW) {  // VW rows at a time, tap k of each gathered into one vector
-            vec acc = vec{};
-            for (int k = 0; k < 9; ++k) {
-                float lane[VW];
-                for (int i = 0; i < VW; ++i) lane[i] = weight[(r + i) * 9 + k];
-                const vec v = load<VW>(lane);
-                acc += v * v;
-            }
-            store(sq.data() + r, acc);
-        }
-        for (; r < R; ++r) {
+        Floats sq(R), s2(N * IC);
+        for (int64_t r = 0; r < R; ++r) {
             float acc = 0.0f;
             for (int k = 0; k < 9; ++k) acc += weight[r * 9 + k] * weight[r * 9 + k];
             sq[r] = acc;
@@ -679,7 +685,7 @@ struct Modulation {
     }
     // The weights of tile t for sample n: the shared pack, or sample n's packed into `storage`.
     const float* tile(const float* weight, const float* styles, int64_t n, int64_t IC, int64_t OC,
-                      const Tiling& tiles, int t, std::vector<float>& storage) const {
+                      const Tiling& tiles, int t, Floats& storage) const {
         if (scale_input) return shared[t].data();
         storage = pack_tile(weight, styles + n * IC, demod.data() + n * OC, (int)IC, tiles.start(t), tiles.size(t));
         return storage.data();
@@ -948,7 +954,7 @@ torch::Tensor conv3x3_impl(const torch::Tensor& x, const torch::Tensor& weight, 
                 ep.noise = noise_plane(noise, n, H, W);
                 ep.scale = mod.epilogue_scale(n, OC);
                 for (int t = 0; t < tiles.count; ++t) {
-                    std::vector<float> storage;
+                    Floats storage;
                     const float* wt = mod.tile(wd, sd, n, IC, OC, tiles, t, storage);
                     with_tile_size<MAX_TILE>(tiles.size(t), [&](auto tile) {
                         conv3x3_flat<decltype(tile)::value>(xpad.data(), (int)IC, (int)H, (int)W, wt,
@@ -966,7 +972,7 @@ torch::Tensor conv3x3_impl(const torch::Tensor& x, const torch::Tensor& weight, 
     const int64_t chunks = (H + kRows - 1) / kRows;
     at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
         std::unique_ptr<RgbOutput::Scratch> scratch = make_scratch(rgb);
-        std::vector<std::vector<float>> storage(tiles.count);
+        std::vector<Floats> storage(tiles.count);
         std::vector<const float*> packed(tiles.count);
         int64_t packed_for = -1;
         for (int64_t i = begin; i < end; ++i) {
@@ -1052,7 +1058,7 @@ torch::Tensor up3x3_fir_lrelu(torch::Tensor x, torch::Tensor weight, torch::Tens
             Epilogue ep = base;
             ep.noise = noise_plane(noise, n, 2 * H, 2 * W);
             ep.scale = mod.epilogue_scale(n, OC);
-            std::vector<float> storage;
+            Floats storage;
             const float* wt = mod.tile(wd, sd, n, IC, OC, tiles, t, storage);
             with_lanes(W, [&](auto lanes) {
                 with_tile_size<MAX_TILE>(tiles.size(t), [&](auto tile) {
