@@ -473,6 +473,7 @@ void up_tile(const float* x, int IC, int H, int W, const float* wt, int oc0, con
     std::vector<float> lines(2 * (W + 3 * L), 0.0f);  // E' and O' with L zeros before and 2L after
     float* even_line = lines.data() + L;
     float* odd_line = lines.data() + (W + 3 * L) + L;
+    const TileEpilogue<T, L> te(ep, oc0);  // the 4x4 form's (the separable one takes a channel at a time)
     int done = -1;  // last t row computed
     for (int Y = 0; Y < Ho; ++Y) {
         while (done < std::min(Y + 2, Ht - 1)) {
@@ -485,7 +486,6 @@ void up_tile(const float* x, int IC, int H, int W, const float* wt, int oc0, con
                                         out + ((size_t)(oc0 + o) * Ho + Y) * Wo);
             continue;
         }
-        const TileEpilogue<T, L> te(ep, oc0);
         for (int o = 0; o < T; ++o) {
             float* dst = out + ((size_t)(oc0 + o) * Ho + Y) * Wo;
             for (int j0 = 0; j0 < W; j0 += L) {
