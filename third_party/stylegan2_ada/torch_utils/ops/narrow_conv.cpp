@@ -89,6 +89,23 @@ template <> struct Lanes<16> {
     }
 };
 template <int L> using vec_t = typename Lanes<L>::vec;
+
+// Of a row held in consecutive vectors a, b: the vector one column to the right of a ({a1, ..., b0}), and
+// the one one column to the left of b ({a[L-1], b0, ...}). One lane shuffle each.
+template <typename V, int... I>
+inline V shifted_right(V a, V b, std::integer_sequence<int, I...>) {
+    return __builtin_shufflevector(a, b, (I + 1)...);
+}
+template <typename V, int... I>
+inline V shifted_left(V a, V b, std::integer_sequence<int, I...>) {
+    return __builtin_shufflevector(a, b, (I + (int)sizeof...(I) - 1)...);
+}
+template <int L> inline vec_t<L> right_of(vec_t<L> a, vec_t<L> b) {
+    return shifted_right(a, b, std::make_integer_sequence<int, L>{});
+}
+template <int L> inline vec_t<L> left_of(vec_t<L> a, vec_t<L> b) {
+    return shifted_left(a, b, std::make_integer_sequence<int, L>{});
+}
 using vec = vec_t<VW>;
 
 template <int L> inline vec_t<L> load(const float* p) { vec_t<L> v; std::memcpy(&v, p, sizeof(v)); return v; }
@@ -411,55 +428,94 @@ Floats pack_tile(const float* weight, const float* in_scale, const float* out_sc
     return wt;
 }
 
-// Output row Y of channel o from the ring with a separable filter taps[u][v] = fy[u] * fx[v]: along y into
-// the lines E' = sum_u fy[u] E_u and O' = sum_u fy[u] O_u first (kept in `lines`, zeros around), then along
-// x. Half the multiply-adds and a third of the loads of the 4x4 form.
-template <int L>
-void up_fir_row_separable(UpRing& ring, int o, int Y, int Ht, int W, const float* fy, const float* fx,
-                          float* even_line, float* odd_line, const Epilogue& ep, int oc, float* dst) {
+// Output row Y of the tile's T channels from the ring with a separable filter taps[u][v] = fy[u] * fx[v]:
+// along y (E' = sum_u fy[u] E_u, likewise O'), then along x, all in registers: a vector's x neighbours are
+// lane shifts across it and the vectors either side, so nothing is stored and read back (an unaligned
+// reload of just-stored lines stalls on store forwarding). Half the multiply-adds of the 4x4 form.
+// The filters are compiled apart from up_tile (noinline): inlined, their constants crowded the transposed
+// convolution's accumulators out of the registers (measured: spills, up to 15 % slower).
+template <int T, int L>
+__attribute__((noinline)) void up_fir_row_separable(UpRing& ring, int Y, int Ht, int W, const float* fy,
+                                                    const float* fx, const TileEpilogue<T, L>& tile_epilogue,
+                                                    int oc0, float* out, int Ho) {
     using V = vec_t<L>;
-    const float* E[4];
-    const float* O[4];
+    const TileEpilogue<T, L> te = tile_epilogue;  // a local copy, which the stores below cannot alias
     float c[4];
-    int rows = 0;
+    int slot[4];
     for (int u = 0; u < 4; ++u) {
         const int ty = Y + u - 1;
-        if (ty < 0 || ty >= Ht) continue;
-        E[rows] = ring.even(o, ty & 3);
-        O[rows] = ring.odd(o, ty & 3);
-        c[rows++] = fy[u];
+        const bool in = ty >= 0 && ty < Ht;
+        slot[u] = in ? (ty & 3) : (Y + 1) & 3;  // outside t: row Y + 1 (which is inside) with a zero tap
+        c[u] = in ? fy[u] : 0.0f;
     }
-    if (rows == 4) {  // interior rows: the four taps unrolled
-        const V c0 = splat<L>(c[0]), c1 = splat<L>(c[1]), c2 = splat<L>(c[2]), c3 = splat<L>(c[3]);
-        for (int j0 = 0; j0 < W; j0 += L) {
-            store(even_line + j0, c0 * load<L>(E[0] + j0) + c1 * load<L>(E[1] + j0) + c2 * load<L>(E[2] + j0) +
-                                      c3 * load<L>(E[3] + j0));
-            store(odd_line + j0, c0 * load<L>(O[0] + j0) + c1 * load<L>(O[1] + j0) + c2 * load<L>(O[2] + j0) +
-                                     c3 * load<L>(O[3] + j0));
-        }
-    } else {
-        for (int j0 = 0; j0 < W; j0 += L) {
-            V e = V{}, od = V{};
-            for (int r = 0; r < rows; ++r) {
-                e += c[r] * load<L>(E[r] + j0);
-                od += c[r] * load<L>(O[r] + j0);
-            }
-            store(even_line + j0, e);
-            store(odd_line + j0, od);
-        }
-    }
-    float last = 0.0f;  // E'[W]; O'[W] stays zero
-    for (int r = 0; r < rows; ++r) last += c[r] * E[r][W];
-    even_line[W] = last;
+    const V c0 = splat<L>(c[0]), c1 = splat<L>(c[1]), c2 = splat<L>(c[2]), c3 = splat<L>(c[3]);
     const V f0 = splat<L>(fx[0]), f1 = splat<L>(fx[1]), f2 = splat<L>(fx[2]), f3 = splat<L>(fx[3]);
-    const TileEpilogue<1, L> te(ep, oc);
-    for (int j0 = 0; j0 < W; j0 += L) {
-        const V e0 = load<L>(even_line + j0), e1 = load<L>(even_line + j0 + 1), o0 = load<L>(odd_line + j0),
-                om = load<L>(odd_line + j0 - 1), o1 = load<L>(odd_line + j0 + 1);
-        const V even = f0 * om + f1 * e0 + f2 * o0 + f3 * e1, odd = f0 * e0 + f1 * o0 + f2 * e1 + f3 * o1;
-        const int X = 2 * j0;
-        store(dst + X, te.apply(Lanes<L>::zip_lo(even, odd), 0, te.noise_at(Y, 2 * W, X)));
-        store(dst + X + L, te.apply(Lanes<L>::zip_hi(even, odd), 0, te.noise_at(Y, 2 * W, X + L)));
+    const int Wo = 2 * W;
+    for (int o = 0; o < T; ++o) {
+        const float* E0 = ring.even(o, slot[0]);
+        const float* E1 = ring.even(o, slot[1]);
+        const float* E2 = ring.even(o, slot[2]);
+        const float* E3 = ring.even(o, slot[3]);
+        const float* O0 = ring.odd(o, slot[0]);
+        const float* O1 = ring.odd(o, slot[1]);
+        const float* O2 = ring.odd(o, slot[2]);
+        const float* O3 = ring.odd(o, slot[3]);
+        float* dst = out + ((size_t)(oc0 + o) * Ho + Y) * Wo;
+        const float last = c[0] * E0[W] + c[1] * E1[W] + c[2] * E2[W] + c[3] * E3[W];  // E'[W]; O'[W] = 0
+        V ecur = (c0 * load<L>(E0) + c1 * load<L>(E1)) + (c2 * load<L>(E2) + c3 * load<L>(E3));
+        V ocur = (c0 * load<L>(O0) + c1 * load<L>(O1)) + (c2 * load<L>(O2) + c3 * load<L>(O3));
+        V oprev = V{};
+        for (int j0 = 0; j0 < W; j0 += L) {
+            V enext = V{}, onext = V{};
+            const int j1 = j0 + L;
+            if (j1 < W) {  // sums in pairs: shorter dependency chains
+                enext = (c0 * load<L>(E0 + j1) + c1 * load<L>(E1 + j1)) +
+                        (c2 * load<L>(E2 + j1) + c3 * load<L>(E3 + j1));
+                onext = (c0 * load<L>(O0 + j1) + c1 * load<L>(O1 + j1)) +
+                        (c2 * load<L>(O2 + j1) + c3 * load<L>(O3 + j1));
+            } else {
+                enext[0] = last;
+            }
+            const V e1 = right_of<L>(ecur, enext), om = left_of<L>(oprev, ocur), o1 = right_of<L>(ocur, onext);
+            const V even = (f0 * om + f1 * ecur) + (f2 * ocur + f3 * e1);  // t[2j-1], t[2j], t[2j+1], t[2j+2]
+            const V odd = (f0 * ecur + f1 * ocur) + (f2 * e1 + f3 * o1);   // t[2j], ..., t[2j+3]
+            const int X = 2 * j0;
+            store(dst + X, te.apply(Lanes<L>::zip_lo(even, odd), o, te.noise_at(Y, Wo, X)));
+            store(dst + X + L, te.apply(Lanes<L>::zip_hi(even, odd), o, te.noise_at(Y, Wo, X + L)));
+            oprev = ocur;
+            ecur = enext;
+            ocur = onext;
+        }
+    }
+}
+
+// Output row Y of the tile's T channels from the ring with any 4x4 filter `taps` (correlation).
+template <int T, int L>
+__attribute__((noinline)) void up_fir_row(UpRing& ring, int Y, int Ht, int W, const float* taps,
+                                          const TileEpilogue<T, L>& tile_epilogue, int oc0, float* out, int Ho) {
+    using V = vec_t<L>;
+    const TileEpilogue<T, L> te = tile_epilogue;  // a local copy, as above
+    const int Wo = 2 * W;
+    for (int o = 0; o < T; ++o) {
+        float* dst = out + ((size_t)(oc0 + o) * Ho + Y) * Wo;
+        for (int j0 = 0; j0 < W; j0 += L) {
+            V even = V{}, odd = V{};
+            for (int u = 0; u < 4; ++u) {
+                const int ty = Y + u - 1;
+                if (ty < 0 || ty >= Ht) continue;
+                const float* E = ring.even(o, ty & 3) + j0;
+                const float* O = ring.odd(o, ty & 3) + j0;
+                const V e0 = load<L>(E), e1 = load<L>(E + 1), o0 = load<L>(O), om = load<L>(O - 1),
+                        o1 = load<L>(O + 1);
+                const float* f = taps + u * 4;
+                even += f[0] * om + f[1] * e0 + f[2] * o0 + f[3] * e1;  // t[2j-1], t[2j], t[2j+1], t[2j+2]
+                odd += f[0] * e0 + f[1] * o0 + f[2] * e1 + f[3] * o1;   // t[2j], ..., t[2j+3]
+            }
+            // O[W] (= t[2W+1]) lies outside t: the ring keeps it zero.
+            const int X = 2 * j0;
+            store(dst + X, te.apply(Lanes<L>::zip_lo(even, odd), o, te.noise_at(Y, Wo, X)));
+            store(dst + X + L, te.apply(Lanes<L>::zip_hi(even, odd), o, te.noise_at(Y, Wo, X + L)));
+        }
     }
 }
 
@@ -467,46 +523,19 @@ void up_fir_row_separable(UpRing& ring, int o, int Y, int Ht, int W, const float
 template <int T, int L>
 void up_tile(const float* x, int IC, int H, int W, const float* wt, int oc0, const float* taps,
              const float* sep, const Epilogue& ep, float* out) {
-    using V = vec_t<L>;
-    const int Ht = 2 * H + 1, Ho = 2 * H, Wo = 2 * W;
+    const int Ht = 2 * H + 1, Ho = 2 * H;
     UpRing ring(T, W, L);
-    std::vector<float> lines(2 * (W + 3 * L), 0.0f);  // E' and O' with L zeros before and 2L after
-    float* even_line = lines.data() + L;
-    float* odd_line = lines.data() + (W + 3 * L) + L;
-    const TileEpilogue<T, L> te(ep, oc0);  // the 4x4 form's (the separable one takes a channel at a time)
+    const TileEpilogue<T, L> te(ep, oc0);
     int done = -1;  // last t row computed
     for (int Y = 0; Y < Ho; ++Y) {
         while (done < std::min(Y + 2, Ht - 1)) {
             ++done;
             up_t_row<T, L>(x, IC, H, W, wt, done, ring, done & 3);
         }
-        if (sep != nullptr) {
-            for (int o = 0; o < T; ++o)
-                up_fir_row_separable<L>(ring, o, Y, Ht, W, sep, sep + 4, even_line, odd_line, ep, oc0 + o,
-                                        out + ((size_t)(oc0 + o) * Ho + Y) * Wo);
-            continue;
-        }
-        for (int o = 0; o < T; ++o) {
-            float* dst = out + ((size_t)(oc0 + o) * Ho + Y) * Wo;
-            for (int j0 = 0; j0 < W; j0 += L) {
-                V even = V{}, odd = V{};
-                for (int u = 0; u < 4; ++u) {
-                    const int ty = Y + u - 1;
-                    if (ty < 0 || ty >= Ht) continue;
-                    const float* E = ring.even(o, ty & 3) + j0;
-                    const float* O = ring.odd(o, ty & 3) + j0;
-                    const V e0 = load<L>(E), e1 = load<L>(E + 1), o0 = load<L>(O), om = load<L>(O - 1),
-                            o1 = load<L>(O + 1);
-                    const float* f = taps + u * 4;
-                    even += f[0] * om + f[1] * e0 + f[2] * o0 + f[3] * e1;  // t[2j-1], t[2j], t[2j+1], t[2j+2]
-                    odd += f[0] * e0 + f[1] * o0 + f[2] * e1 + f[3] * o1;   // t[2j], ..., t[2j+3]
-                }
-                // O[W] (= t[2W+1]) lies outside t: the ring keeps it zero.
-                const int X = 2 * j0;
-                store(dst + X, te.apply(Lanes<L>::zip_lo(even, odd), o, te.noise_at(Y, Wo, X)));
-                store(dst + X + L, te.apply(Lanes<L>::zip_hi(even, odd), o, te.noise_at(Y, Wo, X + L)));
-            }
-        }
+        if (sep != nullptr)
+            up_fir_row_separable<T, L>(ring, Y, Ht, W, sep, sep + 4, te, oc0, out, Ho);
+        else
+            up_fir_row<T, L>(ring, Y, Ht, W, taps, te, oc0, out, Ho);
     }
 }
 
