@@ -43,16 +43,6 @@ def _cpu_inference(x: torch.Tensor, ws: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() or not (x.requires_grad or ws.requires_grad)
 
 
-class _Unchanged:
-    """A context that does nothing (where the networks module has no precomputed_styles)."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc_info):
-        return False
-
-
 @persistence.persistent_class
 class SlimSynthesisBlock(torch.nn.Module):
     """SynthesisBlock with independent channel counts for its input, middle and output feature maps.
@@ -215,14 +205,15 @@ class SlimSynthesisNetwork(torch.nn.Module):
                 w_idx += block.num_conv
 
         from training import networks
-        x = img = None
         blocks = [getattr(self, f'b{res}') for res in self.block_resolutions]
-        # The layers' styles computed up front where the environment's networks module offers it (ours, in
-        # CPU float32 inference); looked up at call time like the other optional fast paths.
-        precomputed = getattr(networks, 'precomputed_styles', None)
-        with precomputed(blocks, block_ws) if precomputed is not None else _Unchanged():
-            for block, cur_ws in zip(blocks, block_ws):
-                x, img = block(x, img, cur_ws, **block_kwargs)
+        # The environment's block runner where its networks module has one (ours: CPU inference fast paths);
+        # looked up at call time like the other optional fast paths.
+        run_blocks = getattr(networks, 'synthesis_blocks_forward', None)
+        if run_blocks is not None:
+            return run_blocks(blocks, block_ws, **block_kwargs)[1]
+        x = img = None
+        for block, cur_ws in zip(blocks, block_ws):
+            x, img = block(x, img, cur_ws, **block_kwargs)
         return img
 
 

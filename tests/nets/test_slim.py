@@ -198,3 +198,32 @@ def test_compiled_kernel_paths_render_what_the_plain_paths_render(architecture, 
         with narrow_conv.enabled(False):
             plain = G(z, None, noise_mode='const')
     assert torch.allclose(fast, plain, rtol=0, atol=2e-5 * max(1.0, float(plain.abs().max())))
+
+
+@pytest.mark.parametrize('architecture', ['skip', 'orig', 'resnet'])
+@pytest.mark.parametrize('noise_mode', ['const', 'random'])
+def test_direct_block_path_renders_the_module_paths_bits(architecture, noise_mode, monkeypatch):
+    """networks.synthesis_blocks_forward runs slim blocks too: the same bits as calling the block modules."""
+    from torch_utils.ops import narrow_conv
+    from training import networks
+    if narrow_conv.kernels() is None:
+        pytest.skip('the compiled kernels cannot be built here')
+    direct = []
+    original = networks._narrow_block_forward
+    monkeypatch.setattr(networks, '_narrow_block_forward', lambda b, *a: direct.append(b.resolution) or original(b, *a))
+    G = make_slim(architecture)
+    z = torch.randn(3, 12)
+
+    def render():
+        torch.manual_seed(3)
+        with torch.no_grad():
+            return G(z, None, noise_mode=noise_mode)
+    fast = render()
+    assert direct == ([] if architecture == 'resnet' else [4, 8, 16])
+    hooks = [getattr(G.synthesis, f'b{res}').register_forward_hook(lambda *args: None) for res in (4, 8, 16)]
+    direct.clear()
+    modules = render()
+    assert direct == []
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(fast, modules)

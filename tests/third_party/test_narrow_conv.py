@@ -232,10 +232,15 @@ def test_generator_images_agree_with_and_without_kernels(monkeypatch):
         original = getattr(narrow_conv, name)
         monkeypatch.setattr(narrow_conv, name, lambda *a, _f=original, _n=name, **k: calls.__setitem__(
             _n, calls[_n] + 1) or _f(*a, **k))
+    batched = []  # layers per call of small_batch_linears
+    original = narrow_conv.small_batch_linears
+    monkeypatch.setattr(narrow_conv, 'small_batch_linears',
+                        lambda xs, layers, **k: batched.append(len(layers)) or original(xs, layers, **k))
     fast = G(z, None, noise_mode='const')
     # All 9 conv layers (each block's last one together with the block's output image), 2 mapping layers and
-    # 14 affines took the kernels.
-    assert calls == {'modulated_lrelu': 4, 'modulated_lrelu_rgb': 5, 'rgb_skip': 0, 'small_batch_linear': 16}
+    # 14 affines took the kernels: the mapping layers in one call, the affines in another.
+    assert calls == {'modulated_lrelu': 4, 'modulated_lrelu_rgb': 5, 'rgb_skip': 0, 'small_batch_linear': 0}
+    assert batched == [2, 14]
     _without_kernels(monkeypatch)
     slow = G(z, None, noise_mode='const')
     assert close(fast, slow)
@@ -296,6 +301,26 @@ def test_small_batch_linear_matches_the_matmul(activation, rows, in_features, ou
     assert got.shape == want.shape and close(got, want)
     assert not narrow_conv.linear_applies(torch.randn([17, in_features]), layer.weight, activation)
     assert not narrow_conv.linear_applies(x, layer.weight, 'tanh')
+
+
+@needs_kernels
+@pytest.mark.parametrize('chain', [False, True])
+def test_several_linear_layers_in_one_call_match_the_layers(chain):
+    torch.manual_seed(3)
+    sizes = [(24, 24, 'lrelu'), (24, 24, 'linear'), (24, 9, 'relu')]
+    layers = [networks.FullyConnectedLayer(i, o, activation=a, lr_multiplier=0.1, bias_init=0.5).requires_grad_(False)
+              for i, o, a in sizes]
+    layers[1].bias = None
+    ws = torch.randn([3, 4, 24])
+    xs = [ws[:, 0]] if chain else [ws[:, 1], ws[:, 2], ws[:, 3]]  # strided views, as the affines get them
+    got = narrow_conv.small_batch_linears(xs, [layer._kernel_args() for layer in layers], chain=chain)
+    want, x = [], xs[0]
+    for i, layer in enumerate(layers):
+        x = layer(x if chain else xs[i])
+        want.append(x)
+    assert len(got) == 3 and all(g.shape == w.shape and torch.equal(g, w) for g, w in zip(got, want))
+    with pytest.raises(RuntimeError, match='one weight'):
+        narrow_conv.small_batch_linears(xs[:1] * 2, [layer._kernel_args() for layer in layers], chain=True)
 
 
 def test_precomputed_styles_answer_only_the_w_they_came_from():

@@ -131,15 +131,21 @@ def _skip_args(img: Optional[torch.Tensor], resample_filter: Optional[torch.Tens
 
 def applies(x: torch.Tensor, weight: torch.Tensor, up: int, resample_filter: Optional[torch.Tensor]) -> bool:
     """Whether a modulated 3x3 layer (up = 1 or 2) with this input can run through the kernels."""
+    return (x.device.type == 'cpu' and x.dtype == torch.float32
+            and layer_applies(weight, up, resample_filter, x.shape[3]))
+
+
+def layer_applies(weight: torch.Tensor, up: int, resample_filter: Optional[torch.Tensor], width: int) -> bool:
+    """applies() for a float32 CPU input `width` columns wide, before that input exists."""
     out_channels, _, kh, kw = weight.shape
-    if (not _enabled or x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32
-            or (kh, kw) != (3, 3) or up not in (1, 2) or out_channels > MAX_CHANNELS):
+    if (not _enabled or weight.device.type != 'cpu' or weight.dtype != torch.float32 or (kh, kw) != (3, 3)
+            or up not in (1, 2) or out_channels > MAX_CHANNELS):
         return False
     if up == 2 and (resample_filter is None or tuple(resample_filter.shape) != (4, 4)
                     or resample_filter.dtype != torch.float32):
         return False
     # Rows of whole 4, 8 or 16-float vectors (the 4-16 px layers use the shorter vectors).
-    return x.shape[3] % 4 == 0 and kernels() is not None
+    return width % 4 == 0 and kernels() is not None
 
 
 def modulated_lrelu(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
@@ -174,12 +180,20 @@ def rgb_applies(x: torch.Tensor, weight: torch.Tensor, img: Optional[torch.Tenso
     x: the input of toRGB, or with `channels` given, a tensor of its batch size and resolution (the input of
     the convolution that produces it, for modulated_lrelu_rgb()).
     """
-    if not _enabled or x.device.type != 'cpu' or x.dtype != torch.float32 or x.ndim != 4 or weight.ndim != 4:
+    if x.device.type != 'cpu' or x.dtype != torch.float32 or x.ndim != 4:
         return False
     n, c, h, w = x.shape
-    c = c if channels is None else channels
-    if tuple(weight.shape[1:]) != (c, 1, 1) or weight.shape[0] > MAX_IMAGE_CHANNELS:
+    return rgb_layer_applies(weight, c if channels is None else channels, (n, h, w), img, resample_filter)
+
+
+def rgb_layer_applies(weight: torch.Tensor, channels: int, size: tuple, img: Optional[torch.Tensor],
+                      resample_filter: Optional[torch.Tensor]) -> bool:
+    """rgb_applies() for a float32 CPU input with `channels` channels and size (batch, height, width)."""
+    if not _enabled or weight.ndim != 4 or tuple(weight.shape[1:]) != (channels, 1, 1):
         return False
+    if weight.shape[0] > MAX_IMAGE_CHANNELS:
+        return False
+    n, h, w = size
     if img is not None:
         if (img.device.type != 'cpu' or img.dtype != torch.float32
                 or tuple(img.shape) != (n, weight.shape[0], h // 2, w // 2) or h % 2 or w % 2
@@ -247,6 +261,25 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     b = _EMPTY if bias is None else bias.to(torch.float32).contiguous()
     return kernels().small_batch_linear(x.contiguous(), weight.contiguous(), b, float(weight_gain), float(bias_gain),
                                         _LINEAR_ACTIVATIONS[activation], float(act_gain))
+
+
+def small_batch_linears(xs: list, layers: list, chain: bool = False) -> list:
+    """small_batch_linear() for several layers in one call: their outputs, [M, O_i] float32 each.
+
+    layers: (weight, bias or None, weight_gain, bias_gain, activation, act_gain) per layer. xs: each layer's
+    input, or with chain only the first layer's (each further layer takes the previous one's output, as in
+    the mapping network). Call linear_applies() for every layer and input first.
+    """
+    weights, biases, weight_gains, bias_gains, alphas, act_gains = [], [], [], [], [], []
+    for weight, bias, weight_gain, bias_gain, activation, act_gain in layers:
+        weights.append(weight.contiguous())
+        biases.append(_EMPTY if bias is None else bias.to(torch.float32).contiguous())
+        weight_gains.append(float(weight_gain))
+        bias_gains.append(float(bias_gain))
+        alphas.append(_LINEAR_ACTIVATIONS[activation])
+        act_gains.append(float(act_gain))
+    return kernels().small_batch_linears(list(xs), weights, biases, weight_gains, bias_gains, alphas, act_gains,
+                                         bool(chain))
 
 
 def describe(device_type: str) -> str:
