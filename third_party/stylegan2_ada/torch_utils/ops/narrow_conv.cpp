@@ -1076,9 +1076,10 @@ torch::Tensor up3x3_fir_lrelu(torch::Tensor x, torch::Tensor weight, torch::Tens
     auto out = cached_empty({N, OC, 2 * H, 2 * W}, x.options());
     // Inputs up to 2 MiB per sample are read once per tile of at most MAX_UP_TILE channels, whose one-pass
     // rows are faster; larger ones in fewer, wider tiles, so fewer times (measured: 1.7 MiB inputs gain from
-    // the narrow tiles, 8 MiB ones lose).
+    // the narrow tiles, 8 MiB ones lose). Up to MAX_TILE output channels take one wide tile whatever the
+    // input: read once, with one ring of rows (measured: 26 -> 13 channels at 128 px, 10-14 % faster).
     const bool small_input = IC * H * W * (int64_t)sizeof(float) <= (int64_t(2) << 20);
-    const Tiling tiles((int)OC, small_input ? MAX_UP_TILE : MAX_TILE);
+    const Tiling tiles((int)OC, small_input && OC > MAX_TILE ? MAX_UP_TILE : MAX_TILE);
     const float* xd = x.data_ptr<float>();
     const float* wd = weight.data_ptr<float>();
     const float* sd = styles.data_ptr<float>();
