@@ -11,7 +11,7 @@ intermediate rows never leave the cache. Two further kernels serve every generat
 - modulated_lrelu_rgb / rgb_skip: a block's output image (toRGB plus the upsampled skip image), computed from
   the rows of the block's last layer right after they were produced;
 - small_batch_linear: fully connected layers at inference batch sizes (mapping network, affines), which a
-  GEMM library would first pack.
+  GEMM library would first pack; small_batch_linears runs several such layers in one call.
 
 Measured layer by layer against the oneDNN path (`python tools/bench_narrow.py`, table in docs/benchmarks.md;
 whole layers with their epilogues, batch 4, one thread, 2-core AMD EPYC): with 13-128 output channels the
