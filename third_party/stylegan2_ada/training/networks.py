@@ -324,9 +324,8 @@ def _fully_connected_inference(layers, xs, chain=False):
     else each layer's _forward_inference.
     """
     narrow = _narrow_kernels()
-    if narrow is not None and hasattr(narrow, 'small_batch_linears') and all(
-            narrow.linear_applies(xs[0] if chain else x, layer.weight, layer.activation)
-            for x, layer in zip(xs * len(layers) if chain else xs, layers)):
+    if narrow is not None and all(narrow.linear_applies(x, layer.weight, layer.activation)
+                                  for x, layer in zip(xs * len(layers) if chain else xs, layers)):
         return narrow.small_batch_linears(xs, [layer._kernel_args() for layer in layers], chain=chain)
     outputs = []
     for i, layer in enumerate(layers):
@@ -597,11 +596,7 @@ class SynthesisLayer(torch.nn.Module):
                 and _inference_fast_path(x, rgb_styles, torgb.weight, torgb.bias, img)):
             return None
         epilogue = self._narrow_epilogue(x, noise_mode, gain)
-        fused = narrow.modulated_lrelu_rgb(x, self.weight, styles, self.bias, *epilogue, torgb.weight, rgb_styles,
-                                           torgb.weight_gain, torgb.bias, torgb.conv_clamp, img, resample_filter)
-        if fused is not None:
-            return fused
-        return _layer_then_rgb(narrow, self, x, styles, epilogue, torgb, rgb_styles, img, resample_filter)
+        return _layer_and_rgb(narrow, self, x, styles, epilogue, torgb, rgb_styles, img, resample_filter)
 
     def _forward_per_sample(self, x, styles, noise_mode, act_gain, act_clamp, flip_weight):
         """CPU float32 inference at high resolution: see _modulated_lrelu_per_sample."""
@@ -767,7 +762,7 @@ def _narrow_block_layers(block, force_fp32):
     """
     narrow = _narrow_kernels()
     if (narrow is None or block.architecture == 'resnet' or (block.use_fp16 and not force_fp32)
-            or not hasattr(narrow, 'layer_applies') or _has_hooks(block)):
+            or _has_hooks(block)):
         return None
     conv0 = block.conv0 if block.in_channels != 0 else None
     torgb = block.torgb if block.is_last or block.architecture == 'skip' else None
@@ -799,23 +794,24 @@ def _narrow_block_forward(block, layers, styles, x, img, noise_mode, batch_size)
     epilogue = conv1._narrow_epilogue(x, noise_mode, 1)
     if torgb is None:
         return narrow.modulated_lrelu(x, conv1.weight, conv1_styles, conv1.bias, *epilogue), img
-    rgb_styles = next(styles)
     size = (x.shape[0], block.resolution, block.resolution)
-    if narrow.rgb_layer_applies(torgb.weight, conv1.weight.shape[0], size, img, block.resample_filter):
-        fused = narrow.modulated_lrelu_rgb(x, conv1.weight, conv1_styles, conv1.bias, *epilogue, torgb.weight,
-                                           rgb_styles, torgb.weight_gain, torgb.bias, torgb.conv_clamp, img,
-                                           block.resample_filter)
-        if fused is not None:
-            return fused
-    return _layer_then_rgb(narrow, conv1, x, conv1_styles, epilogue, torgb, rgb_styles, img, block.resample_filter)
+    fused = narrow.rgb_layer_applies(torgb.weight, conv1.weight.shape[0], size, img, block.resample_filter)
+    return _layer_and_rgb(narrow, conv1, x, conv1_styles, epilogue, torgb, next(styles), img,
+                          block.resample_filter, fused=fused)
 
 
-def _layer_then_rgb(narrow, layer, x, styles, epilogue, torgb, rgb_styles, img, resample_filter):
-    """(y, image): a narrow 3x3 layer, then toRGB and the upsampled skip image, as separate steps.
+def _layer_and_rgb(narrow, layer, x, styles, epilogue, torgb, rgb_styles, img, resample_filter, fused=True):
+    """(y, image): a narrow 3x3 layer (its epilogue already drawn), then toRGB plus the upsampled skip image.
 
-    For an image or filter the fused block-output kernel does not take (a filter that is not separable). The
-    layer's epilogue (noise included) is the one already drawn for the fused call: random noise is drawn once.
+    In one pass (narrow_conv.modulated_lrelu_rgb) if `fused` and the kernel takes the filter; otherwise, for
+    an image or filter that kernel does not take (a filter that is not separable), as separate steps. Both
+    use the same epilogue, so random noise is drawn once either way.
     """
+    if fused:
+        out = narrow.modulated_lrelu_rgb(x, layer.weight, styles, layer.bias, *epilogue, torgb.weight, rgb_styles,
+                                         torgb.weight_gain, torgb.bias, torgb.conv_clamp, img, resample_filter)
+        if out is not None:
+            return out
     y = narrow.modulated_lrelu(x, layer.weight, styles, layer.bias, *epilogue)
     rgb = torgb._forward_inference(y, rgb_styles * float(torgb.weight_gain))
     if img is None:

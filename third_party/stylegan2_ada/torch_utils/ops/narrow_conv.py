@@ -258,9 +258,13 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     activation: 'linear', 'relu' or 'lrelu' (slope 0.2). Reads the weight once, row by row, without the
     packing step of a GEMM library (which at 1-16 rows costs more than the product). Call linear_applies() first.
     """
-    b = _EMPTY if bias is None else bias.to(torch.float32).contiguous()
-    return kernels().small_batch_linear(x.contiguous(), weight.contiguous(), b, float(weight_gain), float(bias_gain),
-                                        _LINEAR_ACTIVATIONS[activation], float(act_gain))
+    return kernels().small_batch_linear(x.contiguous(), weight.contiguous(), _linear_bias(bias), float(weight_gain),
+                                        float(bias_gain), _LINEAR_ACTIVATIONS[activation], float(act_gain))
+
+
+def _linear_bias(bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A linear layer's bias as the kernels take it: float32 and contiguous, empty for none."""
+    return _EMPTY if bias is None else bias.to(torch.float32).contiguous()
 
 
 def small_batch_linears(xs: list, layers: list, chain: bool = False) -> list:
@@ -273,7 +277,7 @@ def small_batch_linears(xs: list, layers: list, chain: bool = False) -> list:
     weights, biases, weight_gains, bias_gains, alphas, act_gains = [], [], [], [], [], []
     for weight, bias, weight_gain, bias_gain, activation, act_gain in layers:
         weights.append(weight.contiguous())
-        biases.append(_EMPTY if bias is None else bias.to(torch.float32).contiguous())
+        biases.append(_linear_bias(bias))
         weight_gains.append(float(weight_gain))
         bias_gains.append(float(bias_gain))
         alphas.append(_LINEAR_ACTIVATIONS[activation])
