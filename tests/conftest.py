@@ -9,15 +9,16 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _golden_dir() -> Path:
+def golden_root() -> Path:
+    """tests/golden in this repository, or $GAN_PRUNE_GOLDEN when set (e.g. a regenerated copy)."""
     env = os.environ.get('GAN_PRUNE_GOLDEN')
-    return Path(env) if env else REPO.parent / 'shared' / 'golden'
+    return Path(env) if env else REPO / 'tests' / 'golden'
 
 
 @pytest.fixture(scope='session')
 def golden_dir() -> Path:
-    """../shared/golden next to the checkout (or $GAN_PRUNE_GOLDEN). In CI its absence is a failure, not a skip."""
-    d = _golden_dir()
+    """tests/golden (or $GAN_PRUNE_GOLDEN). In CI its absence is a failure, not a skip."""
+    d = golden_root()
     if not (d / 'README.md').is_file():
         if os.environ.get('CI'):
             pytest.fail(f'golden reference data not found at {d}')

@@ -12,7 +12,7 @@ import torch
 
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
-GOLDEN = Path(__file__).resolve().parents[2].parent / 'shared' / 'golden'
+GOLDEN = Path(__file__).resolve().parents[1] / 'golden'
 
 # Network-level functions whose golden cases live in ops.json too; they come from training.networks.
 _NETWORK_OPS = {'modulated_conv2d', 'MinibatchStdLayer', 'normalize_2nd_moment'}
