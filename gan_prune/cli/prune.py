@@ -32,9 +32,9 @@ D = defaults.PRUNE
                    'diversity (DCP-GAN).')
 @click.option('--mask', default=D['mask'], show_default=True, metavar='auto|none|face-parser|demo-faces|FILE',
               help='Content-of-interest mask: face-parser (BiSeNet, needs --parser-weights), none (all pixels; for '
-                   'non-face data), demo-faces (the segmenter shipped for the bundled cartoon-face teacher), or your model '
-                   '(TorchScript file, or torch file with name + state_dict; either runs code, so it needs '
-                   '--trust-pickle). auto: face-parser when --parser-weights is given, else none.')
+                   'non-face data), demo-faces (the segmenter shipped for the bundled cartoon-face teacher), or '
+                   'your model (TorchScript file, or torch file with name + state_dict; either runs code, so it '
+                   'needs --trust-pickle). auto: face-parser when --parser-weights is given, else none.')
 @click.option('--parser-weights', default=None, metavar='FILE',
               help='BiSeNet face-parsing weights (79999_iter.pth) for --mask face-parser.')
 @click.option('--samples', type=click.IntRange(min=1), default=D['samples'], show_default=True,
