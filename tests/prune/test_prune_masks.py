@@ -125,6 +125,9 @@ def test_prune_cli_refuses_the_shell_command_mask_with_one_line(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith('error:') and "'os.system'" in err and '\n' not in err
     assert not marker.exists() and not (tmp_path / 'out.pkl').exists()
+    main(['prune', '--help'])
+    help_text = ''.join(capsys.readouterr().out.split())  # ignore line wrapping
+    assert 'eitherrunscode,soitneeds--trust-pickle' in help_text
 
 
 def test_bundled_demo_mask_is_data_and_loads_without_trust():
