@@ -1,12 +1,10 @@
-"""Train the content segmenter for the cartoon-face data and save it as TorchScript.
+"""Train the content segmenter for the cartoon-face data and save it as a mask model file (class name + state dict).
 
     python tools/train_mask_model.py --out gan_prune/demo/face_mask.pt --steps 1500
 
 Trains on a pool of procedural faces (seeds disjoint from the teacher's data), with x-flips; reports IoU on
 held-out seeds.
 """
-import os
-import tempfile
 import time
 
 import click
@@ -16,7 +14,7 @@ import torch.nn.functional as F
 import tqdm
 
 from gan_prune.demo.faces import make_faces
-from gan_prune.demo.mask_model import ContentSegmenter
+from gan_prune.demo.mask_model import ContentSegmenter, save_mask_model
 
 
 def to_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,12 +62,7 @@ def main(out: str, steps: int, batch: int, resolution: int, pool: int, seed: int
         if step % 100 == 0 or step == steps - 1:
             bar.set_postfix(loss=f'{loss.item():.4f}', val_iou=f'{iou(model, val_x, val_y):.4f}')
     model.eval()
-    scripted = torch.jit.script(model)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)) or '.', suffix='.tmp')
-    os.close(fd)
-    scripted.save(tmp)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the file ships with the package
-    os.replace(tmp, out)
+    save_mask_model(model, out)
     click.echo(f'validation IoU {iou(model, val_x, val_y):.4f}; {sum(p.numel() for p in model.parameters())} '
                f'parameters; {time.time() - t0:.0f} s; wrote {out}')
 

@@ -56,7 +56,8 @@ def _optional_float(value):
 @click.option('--metrics-num-gen', type=click.IntRange(min=2), default=D['metrics_num_gen'], show_default=True,
               help='Generated images per snapshot metric (more: less noise, slower).')
 @click.option('--metrics-detector', default=D['metrics_detector'], show_default=True,
-              help="Feature network of the metrics: effnet-lite0 (bundled), inception or inception:FILE.")
+              help="Feature network of the metrics: effnet-lite0 (bundled), inception or inception:FILE (TorchScript: "
+                   "NVIDIA's published file is known by checksum, any other needs --trust-pickle).")
 @click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=D['lr'], show_default=True,
               help='Adam learning rate of G^S, D^S and D^T (betas 0, 0.99; lazy-regularisation scaling applied).')
 @click.option('--gamma', type=click.FloatRange(min=0), default=D['gamma'], show_default=True,
@@ -109,7 +110,8 @@ def _optional_float(value):
 @click.option('--cagan-net', metavar='SPEC', default=D['cagan_net'], show_default=True,
               help='--kd cagan perceptual network: an embedder spec, or vgg16:FILE (LPIPS-style on local VGG16 weights).')
 @click.option('--cagan-mask', metavar='none|face-parser|FILE', default=D['cagan_mask'], show_default=True,
-              help='--kd cagan content-of-interest mask: all pixels, BiSeNet face parsing, or your own model file.')
+              help='--kd cagan content-of-interest mask: all pixels, BiSeNet face parsing, or your own model file '
+                   '(TorchScript or name + state_dict: it runs code, so it needs --trust-pickle).')
 @click.option('--parser-weights', metavar='FILE', default=D['parser_weights'],
               help='BiSeNet face-parsing weights (79999_iter.pth) for --cagan-mask face-parser.')
 @click.option('--workers', type=click.IntRange(min=0), default=D['workers'], show_default=True,
@@ -120,8 +122,12 @@ def _optional_float(value):
               help='auto (CUDA if available), cpu or cuda.')
 @click.option('--desc', metavar='TEXT', default=D['desc'],
               help='Run directory name after the id (default: from kd, data and batch).')
-@click.option('--trust-pickle', 'trust', is_flag=True, default=D['trust'], show_default=True,
-              help='Allow code embedded in the pickles to run (custom architectures from a source you trust).')
+@click.option('--trust-pickle/--no-trust-pickle', 'trust', default=D['trust'], show_default=True,
+              help='Let the given files run code, for files from a source you trust: the code embedded in the '
+                   'pickles (custom architectures), TorchScript files (torchscript:FILE embedders, --cagan-net, '
+                   'CLIP archives other than the published OpenAI ones, Inception files other than NVIDIA\'s) and '
+                   '--cagan-mask model files. Without it such files are refused; state dicts need no flag. Never '
+                   'taken from a run directory: --resume RUN_DIR trusts only when this command line says so.')
 @click.pass_context
 def command(ctx: click.Context, **options) -> None:
     """Fine-tune a pruned generator against the teacher (NICKEL & DiME, or a baseline) in a run directory.

@@ -55,7 +55,8 @@ def format_table(results: dict[str, float]) -> str:
 @click.option('--detector', default=METRICS['detector'], show_default=True, metavar='SPEC',
               help="Feature detector: 'effnet-lite0' (bundled, offline; reported as e.g. 'FD (effnet-lite0)', not "
                    "FID), 'inception' (inception-2015-12-05.pt under <cache-dir>/detectors/) or 'inception:FILE'. "
-                   'Only Inception gives numbers comparable with published FID.')
+                   'Only Inception gives numbers comparable with published FID. The Inception file is TorchScript '
+                   "(a program): NVIDIA's published file is known by its checksum; any other needs --trust-pickle.")
 @click.option('--num-gen', type=click.IntRange(min=2), default=METRICS['num_gen'], show_default=True,
               help='Generated images.')
 @click.option('--num-real', type=click.IntRange(min=2), default=METRICS['num_real'], show_default=True,
@@ -77,7 +78,9 @@ def format_table(results: dict[str, float]) -> str:
 @click.option('--out', 'out_path', default=None, metavar='FILE',
               help='Also append the result as one JSON line to FILE.')
 @click.option('--trust-pickle', is_flag=True,
-              help='Allow code embedded in the pickles to run (only for custom architectures from a source you trust).')
+              help='Let the given files run code, for files from a source you trust: the code embedded in the '
+                   'pickles (custom architectures), and an Inception TorchScript file other than NVIDIA\'s '
+                   'published one (known by checksum). Without it such files are refused.')
 def command(src: str, metric_list: str, data: str | None, ref_pkl: str | None, detector: str, num_gen: int,
             num_real: int | None, num_ref: int | None, batch: int, seed: int, device: str, cache: bool,
             cache_dir: str | None, as_json: bool, out_path: str | None, trust_pickle: bool) -> None:
@@ -104,7 +107,7 @@ def command(src: str, metric_list: str, data: str | None, ref_pkl: str | None, d
     start = time.time()
     results = compute_metrics(G, names, data=data, ref_G=ref_G, detector=detector, num_gen=num_gen, batch=batch,
                               seed=seed, num_real=num_real, num_ref=num_ref, device=torch_device, cache=cache,
-                              cache_dir=cache_dir, progress=not as_json, log=log)
+                              cache_dir=cache_dir, progress=not as_json, log=log, trust=trust_pickle)
     record = dict(pkl=src, metrics=names, results=results, detector=detector, num_gen=num_gen, seed=seed,
                   reference=(dict(data=data) if ref_pkl is None
                              else dict(ref_pkl=ref_pkl, num_ref=num_gen if num_ref is None else num_ref)),

@@ -32,8 +32,9 @@ D = defaults.PRUNE
                    'diversity (DCP-GAN).')
 @click.option('--mask', default=D['mask'], show_default=True, metavar='auto|none|face-parser|demo-faces|FILE',
               help='Content-of-interest mask: face-parser (BiSeNet, needs --parser-weights), none (all pixels; for '
-                   'non-face data), demo-faces (the segmenter shipped for the bundled cartoon-face teacher), or your model (TorchScript file, or torch file with name + state_dict). auto: '
-                   'face-parser when --parser-weights is given, else none.')
+                   'non-face data), demo-faces (the segmenter shipped for the bundled cartoon-face teacher), or '
+                   'your model (TorchScript file, or torch file with name + state_dict; either runs code, so it '
+                   'needs --trust-pickle). auto: face-parser when --parser-weights is given, else none.')
 @click.option('--parser-weights', default=None, metavar='FILE',
               help='BiSeNet face-parsing weights (79999_iter.pth) for --mask face-parser.')
 @click.option('--samples', type=click.IntRange(min=1), default=D['samples'], show_default=True,
@@ -49,7 +50,10 @@ D = defaults.PRUNE
 @click.option('--device', default=D['device'], show_default=True,
               help='cpu, cuda, cuda:N, or auto (cuda when available).')
 @click.option('--trust-pickle', is_flag=True,
-              help='Allow code embedded in the pickle to run (only for custom architectures from a source you trust).')
+              help='Let the given files run code, for files from a source you trust: the code embedded in the '
+                   'pickle (custom architectures), and a --mask model file (TorchScript, or a torch file naming a '
+                   "class that is not one of the toolkit's own). Without it such files are refused; state dicts "
+                   'and bundled files need no flag.')
 def command(src, out, rate, ratio, channel_text, rate_convention, criterion, mask, parser_weights, samples, batch,
             micro_batch, seed, noise_prob, device, trust_pickle) -> None:
     """Score the teacher's channels, cut every feature map to the solved channel count, write a slim G.

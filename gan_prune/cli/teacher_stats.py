@@ -35,7 +35,10 @@ from gan_prune.errors import GanPruneError
 @click.option('--device', default=EMBED['device'], show_default=True,
               help='auto, cpu or cuda (cuda falls back to cpu when unavailable).')
 @click.option('--trust-pickle', is_flag=True,
-              help='Allow code embedded in the pickle to run (only for custom architectures from a source you trust).')
+              help='Let the given files run code, for files from a source you trust: the code embedded in the '
+                   'pickle (custom architectures), and TorchScript embedder files (torchscript:FILE, CLIP .pt '
+                   'archives other than the published OpenAI ones, which are known by checksum). Without it such '
+                   'files are refused; state dicts need no flag.')
 @click.option('--out', required=True, metavar='FILE', help='Output .npz (written atomically).')
 def command(src: str, embed_spec: str, embed_weights: tuple[str, ...], normalize: bool, samples: int, batch: int,
             seed: int, noise_mode: str, bank_size: int, checkpoint_every: int, device: str, trust_pickle: bool,
@@ -54,7 +57,8 @@ def command(src: str, embed_spec: str, embed_weights: tuple[str, ...], normalize
     names = [name for name, _ in parse_dime_spec(embed_spec)]
     files = resolve_weight_files(names, list(embed_weights))
     dev = teacher_stats.resolve_device(device)
-    embedders = [build_embedder(name, weights=files.get(name), normalize=normalize) for name in names]
+    embedders = [build_embedder(name, weights=files.get(name), normalize=normalize, trust=trust_pickle)
+                 for name in names]
     G = teacher_stats.load_teacher_generator(src, trust=trust_pickle)
     stats = teacher_stats.compute_teacher_stats(
         G, embedders, out, samples=samples, batch=batch, seed=seed, noise_mode=noise_mode, bank_size=bank_size,

@@ -1,8 +1,9 @@
 """A small segmentation network that finds the content (face, hair) in cartoon-face images.
 
 It plays the face parser's role for the bundled teacher: trained on the procedural dataset's masks
-(tools/train_mask_model.py), shipped as TorchScript, and used like any user mask model (`--mask FILE`):
-images in [-1, 1] -> [N, 1, H, W] content probability.
+(tools/train_mask_model.py), shipped as a constructor file ({'name', 'kwargs', 'state_dict'}: data, no code, so
+it loads without --trust-pickle) and used like any user mask model (`--mask FILE`): images in [-1, 1] ->
+[N, 1, H, W] content probability.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ class ContentSegmenter(nn.Module):
 
     def __init__(self, width: int = 24):
         super().__init__()
-        w = width
+        self.width = int(width)
+        w = self.width
         self.enc1 = nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
         self.enc2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),
                                   nn.Conv2d(2 * w, 2 * w, 3, padding=2, dilation=2), nn.ReLU())
@@ -34,3 +36,11 @@ class ContentSegmenter(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(img))
+
+
+def save_mask_model(model: ContentSegmenter, path: str) -> str:
+    """Write `model` as a mask model file that loads as data (class name, kwargs, state dict), atomically."""
+    from gan_prune.fileio import atomic_write
+    blob = {'name': f'{ContentSegmenter.__module__}.{ContentSegmenter.__qualname__}',
+            'kwargs': {'width': model.width}, 'state_dict': model.state_dict()}
+    return atomic_write(path, lambda f: torch.save(blob, f))

@@ -244,11 +244,11 @@ class DiMELoss(nn.Module):
     @classmethod
     def build(cls, spec: str, estimator: str = DIME['estimator'], stats=None,
               weight_files: Sequence[str] | Mapping[str, str] | None = None, normalize: bool = False,
-              mmd_scales: Sequence[float] = DEFAULT_MMD_SCALES, bank_batch: int | None = DEFAULT_BANK_BATCH
-              ) -> 'DiMELoss':
+              mmd_scales: Sequence[float] = DEFAULT_MMD_SCALES, bank_batch: int | None = DEFAULT_BANK_BATCH,
+              trust: bool = False) -> 'DiMELoss':
         """Build from a spec string. `stats`: a TeacherStats or the path of a teacher-stats .npz; with
         'moments' its mu1/mu2 are used, with 'mmd' its embedding bank (if any). Without stats the loss needs
-        teacher images every step."""
+        teacher images every step. `trust` lets TorchScript embedder files run (--trust-pickle)."""
         if estimator not in ESTIMATORS:
             raise GanPruneError(f'unknown DiME estimator {estimator!r}; choose one of {", ".join(ESTIMATORS)}')
         if isinstance(stats, (str, bytes)) or hasattr(stats, '__fspath__'):
@@ -261,7 +261,7 @@ class DiMELoss(nn.Module):
                                 f'normalize={normalize}; recompute them or match the setting')
         terms = []
         for name, weight in parsed:
-            embedder = build_embedder(name, weights=files.get(name), normalize=normalize)
+            embedder = build_embedder(name, weights=files.get(name), normalize=normalize, trust=trust)
             entry = stats.get(embedder.name) if stats is not None else None
             if stats is not None and entry is None:
                 raise GanPruneError(f'teacher statistics have no entry for {embedder.name} (they hold '

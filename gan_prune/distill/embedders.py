@@ -8,6 +8,10 @@ Spec strings (`build_embedder(spec, weights, normalize)`):
     dino-resnet50       torchvision ResNet-50 without its classifier, pooled 2048-d; DINO state dict FILE
     torchscript:FILE    any TorchScript module; its output is flattened to [N, dim]
 
+TorchScript files (torchscript:FILE, OpenAI's CLIP .pt releases) are programs: they load only with trust=True
+(--trust-pickle) or when their SHA-256 is a published one the toolkit knows (gan_prune.io.trusted). State
+dicts are read as data.
+
 Input preparation. `normalize=False` (the default) reproduces the released method: pixels stay in [-1, 1] and
 no mean/std is applied; CLIP (and effnet-lite0) inputs are bilinearly resized to 224 px, DINO and TorchScript
 models see the images at their own resolution. `normalize=True` prepares inputs the way each model was trained:
@@ -19,14 +23,12 @@ Adding an embedder: subclass `Embedder`, set `family`, implement `from_spec` and
 """
 from __future__ import annotations
 
-import warnings
-import zipfile
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gan_prune.errors import GanPruneError
+from gan_prune.io import trusted
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,14 +50,15 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return family.strip().lower(), (arg.strip() or None) if sep else None
 
 
-def build_embedder(spec: str, weights: str | None = None, normalize: bool = False) -> 'Embedder':
-    """A frozen, eval-mode embedder for `spec` (see the module docstring), on the CPU; `.to(device)` it as needed."""
+def build_embedder(spec: str, weights: str | None = None, normalize: bool = False, trust: bool = False) -> 'Embedder':
+    """A frozen, eval-mode embedder for `spec` (see the module docstring), on the CPU; `.to(device)` it as needed.
+    `trust` lets TorchScript files the toolkit does not know run (--trust-pickle)."""
     family, arg = split_spec(spec)
     cls = EMBEDDERS.get(family)
     if cls is None:
         raise GanPruneError(f'unknown embedder {spec!r}; choose one of: effnet-lite0, clip:ARCH, dino-resnet50, '
                             'torchscript:FILE')
-    return cls.from_spec(arg, weights=weights, normalize=normalize)
+    return cls.from_spec(arg, weights=weights, normalize=normalize, trust=trust)
 
 
 class Embedder(nn.Module):
@@ -74,8 +77,9 @@ class Embedder(nn.Module):
         self.normalize = bool(normalize)
 
     @classmethod
-    def from_spec(cls, arg: str | None, weights: str | None, normalize: bool) -> 'Embedder':
-        """Build from `family[:arg]`. The default suits embedders that take no argument (weights come separately)."""
+    def from_spec(cls, arg: str | None, weights: str | None, normalize: bool, *, trust: bool = False) -> 'Embedder':
+        """Build from `family[:arg]`. The default suits embedders that take no argument (weights come separately)
+        and read only data (state dicts), so `trust` is not needed."""
         if arg:
             raise GanPruneError(f'{cls.family} takes no argument (got {cls.family}:{arg}); use --embed-weights FILE')
         return cls(weights=weights, normalize=normalize)
@@ -145,15 +149,6 @@ def _image_size(visual: nn.Module) -> int:
     return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
 
 
-def _is_torchscript_archive(path: str) -> bool:
-    # TorchScript archives carry compiled code; plain torch.save files only data.pkl + tensors.
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith('constants.pkl') or '/code/' in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 @register_embedder
 class EffNetLite0Embedder(Embedder):
     """EfficientNet-Lite0 pooled features (1280-d). With normalize=False the [-1, 1] pixels go in unchanged,
@@ -163,7 +158,7 @@ class EffNetLite0Embedder(Embedder):
     family = 'effnet-lite0'
 
     @classmethod
-    def from_spec(cls, arg, weights, normalize):
+    def from_spec(cls, arg, weights, normalize, *, trust=False):
         if not arg:
             return cls(weights=weights, normalize=normalize)
         if not arg.isdigit() or not 32 <= int(arg) <= 1024:
@@ -201,10 +196,11 @@ class ClipEmbedder(Embedder):
 
     family = 'clip'
 
-    def __init__(self, arch: str = DEFAULT_CLIP_ARCH, weights: str | None = None, normalize: bool = False):
+    def __init__(self, arch: str = DEFAULT_CLIP_ARCH, weights: str | None = None, normalize: bool = False,
+                 trust: bool = False):
         path = _resolve_file(weights, f'clip:{arch}',
                              'an open_clip checkpoint or OpenAI CLIP .pt file for that architecture')
-        model = self._load(arch, path)
+        model = self._load(arch, path, trust)
         visual = model.visual
         size = _image_size(visual)
         dim = getattr(visual, 'output_dim', None) or getattr(model, 'embed_dim', None)
@@ -219,18 +215,19 @@ class ClipEmbedder(Embedder):
         self.freeze()
 
     @staticmethod
-    def _load(arch: str, path: str) -> nn.Module:
+    def _load(arch: str, path: str, trust: bool) -> nn.Module:
         import open_clip
         if arch not in open_clip.list_models():
             raise GanPruneError(f'unknown open_clip architecture {arch!r} in clip:{arch}; '
                                 'e.g. clip:RN50, clip:ViT-B-32')
+        archive = None
+        if trusted.is_torchscript_archive(path):
+            # OpenAI's own release files are TorchScript archives (known by checksum); only their weights are used.
+            archive = trusted.load_torchscript(path, trust, f'clip:{arch} weights')
         try:
-            if _is_torchscript_archive(path):
-                # OpenAI's own release files are TorchScript archives; open_clip rebuilds a plain model from them.
-                with warnings.catch_warnings():
-                    warnings.simplefilter('ignore', FutureWarning)  # torch.jit.load's deprecation notice
-                    model = open_clip.load_openai_model(path, precision='fp32', device='cpu')
-                model = model[0] if isinstance(model, tuple) else model
+            if archive is not None:
+                from open_clip.model import build_model_from_openai_state_dict
+                model = build_model_from_openai_state_dict(archive.state_dict(), cast_dtype=None).float()
             else:
                 model = open_clip.create_model(arch, pretrained=path, precision='fp32', device='cpu')
         except Exception as e:  # open_clip raises RuntimeError/UnpicklingError/KeyError for unusable files
@@ -246,8 +243,8 @@ class ClipEmbedder(Embedder):
         return model
 
     @classmethod
-    def from_spec(cls, arg, weights, normalize):
-        return cls(arch=arg or DEFAULT_CLIP_ARCH, weights=weights, normalize=normalize)
+    def from_spec(cls, arg, weights, normalize, *, trust=False):
+        return cls(arch=arg or DEFAULT_CLIP_ARCH, weights=weights, normalize=normalize, trust=trust)
 
     def prepare(self, img):
         if not self.normalize:
@@ -326,14 +323,9 @@ class TorchScriptEmbedder(_RawInputEmbedder):
 
     family = 'torchscript'
 
-    def __init__(self, path: str, normalize: bool = False, probe_resolution: int = 224):
+    def __init__(self, path: str, normalize: bool = False, probe_resolution: int = 224, trust: bool = False):
         path = _resolve_file(path, 'torchscript', 'a file written by torch.jit.save')
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore', FutureWarning)  # torch.jit.load's deprecation notice
-                module = torch.jit.load(path, map_location='cpu')
-        except Exception as e:
-            raise GanPruneError(f'cannot load TorchScript embedder {path} ({_first_line(e)})') from e
+        module = trusted.load_torchscript(path, trust, 'TorchScript embedder')
         module.eval()
         with torch.no_grad():
             try:
@@ -350,11 +342,11 @@ class TorchScriptEmbedder(_RawInputEmbedder):
         self.freeze()
 
     @classmethod
-    def from_spec(cls, arg, weights, normalize):
+    def from_spec(cls, arg, weights, normalize, *, trust=False):
         path = arg or weights
         if not path:
             raise GanPruneError('torchscript embedder needs a file: use --embed torchscript:FILE')
-        return cls(path, normalize=normalize)
+        return cls(path, normalize=normalize, trust=trust)
 
 
 

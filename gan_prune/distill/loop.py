@@ -52,7 +52,10 @@ RESUME_OVERRIDABLE = ('kimg', 'snap', 'tick', 'metrics', 'metrics_num_gen', 'met
 
 def resolve_options(options: dict) -> dict:
     """DISTILL defaults updated with `options`; for `resume=RUN_DIR`, the run's saved options updated with the
-    overridable ones. Raises GanPruneError for unknown or inconsistent options."""
+    overridable ones. Raises GanPruneError for unknown or inconsistent options.
+
+    `trust` is never read from a run directory: a resumed run trusts its files (lets them run code) only when
+    `options` says so, so a run directory handed over by someone else cannot make us run code."""
     unknown = sorted(set(options) - set(DISTILL))
     if unknown:
         raise GanPruneError(f'unknown distill option {unknown[0]!r}; see gan-prune distill --help')
@@ -68,6 +71,7 @@ def resolve_options(options: dict) -> dict:
                 raise GanPruneError(f'option {key} cannot change when resuming {resume} (it was {opts.get(key)!r}); '
                                     f'start a new run instead')
         opts['resume'] = os.path.abspath(resume)
+        opts['trust'] = bool(options.get('trust', False))
     else:
         opts = dict(DISTILL)
         opts.update(options)
@@ -493,11 +497,13 @@ class Trainer:
                     self.log(f'NICKEL at {nickel_res}x{nickel_res}: teacher G {t_ch} ch, student D {s_ch} ch, '
                              f'{levels} Haar levels{", 1x1 projection" if nickel.has_projection else ""}')
         elif opts['kd'] == 'cagan':
-            perceptual = PerceptualDistance(opts['cagan_net']).to(self.device) if opts['cagan_perceptual'] > 0 else None
+            perceptual = (PerceptualDistance(opts['cagan_net'], trust=bool(opts['trust'])).to(self.device)
+                          if opts['cagan_perceptual'] > 0 else None)
             mask = None  # 'none': every pixel counts, and skipping the multiply is cheaper than a ones mask
             if str(opts['cagan_mask']) != 'none':
                 from gan_prune.prune.masks import build_mask
-                mask = build_mask(opts['cagan_mask'], opts.get('parser_weights')).to(self.device)
+                mask = build_mask(opts['cagan_mask'], opts.get('parser_weights'), trust=bool(opts['trust']),
+                                  option='--cagan-mask').to(self.device)
             cagan = CaganKD(perceptual, opts['cagan_l1'], opts['cagan_perceptual'], mask=mask)
         self.loss = DistillLoss(self.G_s, self.G_t, self.D_s, self.D_t, dime=dime, nickel=nickel,
                                 nickel_res=nickel_res, nickel_weight=opts['nickel_weight'], cagan=cagan,
@@ -522,7 +528,8 @@ class Trainer:
         stats = load_teacher_stats(stats)
         # The embedders prepare images the way the statistics were made (--normalize of teacher-stats).
         dime = DiMELoss.build(opts['dime'], estimator=opts['dime_estimator'], stats=stats,
-                              weight_files=opts['embed_weights'] or None, normalize=stats.normalize)
+                              weight_files=opts['embed_weights'] or None, normalize=stats.normalize,
+                              trust=bool(opts['trust']))
         return dime.to(self.device)
 
     def _compute_teacher_stats(self, path: str) -> None:
@@ -532,7 +539,7 @@ class Trainer:
         opts = self.opts
         names = [n for n, _ in parse_dime_spec(opts['dime'])]
         files = resolve_weight_files(names, opts['embed_weights'] or None)
-        embedders = [build_embedder(n, weights=files.get(n)) for n in names]
+        embedders = [build_embedder(n, weights=files.get(n), trust=bool(opts['trust'])) for n in names]
         samples = int(opts['dime_stats_samples'])
         self.log(f'Teacher statistics for DiME: {samples} samples through {", ".join(names)} -> {path}')
         with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
@@ -748,7 +755,7 @@ class Trainer:
         data = None if self.opts.get('data_free') else self.opts['data']
         results = compute_metrics(self.G_ema, metrics, data=data, ref_G=self.G_t if data is None else None,
                                   detector=self.opts['metrics_detector'], num_gen=int(self.opts['metrics_num_gen']),
-                                  device=self.device, log=self.log)
+                                  device=self.device, log=self.log, trust=bool(self.opts['trust']))
         line = {'results': results, 'snapshot_pkl': os.path.basename(snapshot_path), 'kimg': self.cur_nimg / 1000,
                 'timestamp': time.time()}
         with open(os.path.join(self.run_dir, METRICS_FILE), 'a', encoding='utf-8') as f:

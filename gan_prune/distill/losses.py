@@ -152,10 +152,11 @@ class PerceptualDistance(nn.Module):
     spec `vgg16:FILE`: LPIPS-style distance on torchvision VGG16 features (weights from a local state dict):
     channel-normalised activations at relu1_2..relu5_3, squared differences summed over channels, averaged
     over pixels, summed over layers (LPIPS without its learned per-channel weights).
-    Any other spec is an embedder (gan_prune.distill.embedders): squared distance of unit-normalised embeddings.
+    Any other spec is an embedder (gan_prune.distill.embedders): squared distance of unit-normalised embeddings;
+    `trust` lets a TorchScript embedder file run (--trust-pickle).
     """
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, trust: bool = False):
         super().__init__()
         self.spec = spec
         if spec.startswith('vgg16:'):
@@ -166,7 +167,7 @@ class PerceptualDistance(nn.Module):
         else:
             from gan_prune.distill.embedders import build_embedder
             self.kind = 'embedder'
-            self.embedder = build_embedder(spec)
+            self.embedder = build_embedder(spec, trust=trust)
         self.requires_grad_(False)
 
     def train(self, mode: bool = True) -> 'PerceptualDistance':

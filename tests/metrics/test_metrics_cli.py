@@ -1,4 +1,5 @@
 """`gan-prune metrics`: table and JSON output, --out, --ref-pkl, errors; on toy networks and a tiny dataset."""
+import hashlib
 import json
 
 import pytest
@@ -36,6 +37,14 @@ def fake_inception(tmp_path_factory):
     path = tmp_path_factory.mktemp('det') / 'inception-2015-12-05.pt'
     torch.jit.save(torch.jit.script(_InceptionLike()), str(path))
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def fake_inception_is_known(fake_inception, monkeypatch):
+    """The stand-in plays NVIDIA's published Inception file, which loads without --trust-pickle by its checksum."""
+    from gan_prune.io import trusted
+    digest = hashlib.sha256(open(fake_inception, 'rb').read()).hexdigest()
+    monkeypatch.setitem(trusted.KNOWN_TORCHSCRIPT_SHA256, digest, 'inception stand-in')
 
 
 @pytest.fixture(scope='module')
@@ -157,3 +166,18 @@ def test_cli_on_builtin_tiny32(tmp_path, fake_inception):
                 '--batch', '8', '--detector', detector, '--cache-dir', str(tmp_path / 'cache'), '--json'])
     ref_results = json.loads(ref.stdout)['results']
     assert ref_results['fid'] >= 0 and 0 <= ref_results['recall'] <= 1
+
+
+def test_cli_unknown_inception_file_needs_trust_pickle(toy_networks, toy_dataset, tmp_path, capsys):
+    other = tmp_path / 'other-inception.pt'
+    torch.jit.save(torch.jit.script(_InceptionLike()), str(other))
+    args = ['--pkl', 'toy:good', '--data', toy_dataset, '--detector', f'inception:{other}',
+            '--num-gen', '8', '--batch', '8', '--cache-dir', str(tmp_path), '--json']
+    with pytest.raises(SystemExit) as e:
+        main(['metrics'] + args)
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error:') and '--trust-pickle' in err and '\n' not in err
+    assert 'fid_' not in _run(args + ['--trust-pickle']).stdout  # loaded and used as the Inception detector
+    help_text = ' '.join(CliRunner().invoke(cli, ['metrics', '--help']).output.split())
+    assert 'TorchScript' in help_text and 'checksum' in help_text

@@ -1,4 +1,5 @@
 """Detectors: the TorchScript Inception loader (on a small scripted stand-in) and effnet-lite0 features."""
+import hashlib
 import os
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_prune.errors import GanPruneError
+from gan_prune.io import trusted
 from gan_prune.metrics import detectors
 
 # Scripting the stand-in detector uses TorchScript, which torch now marks deprecated.
@@ -32,6 +34,33 @@ def scripted_detector_file(tmp_path_factory):
     path = tmp_path_factory.mktemp('det') / 'inception-like.pt'
     torch.jit.save(torch.jit.script(_InceptionLike()), str(path))
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def stand_in_is_known(scripted_detector_file, monkeypatch):
+    """The stand-in plays NVIDIA's published Inception file, which loads without --trust-pickle by its checksum."""
+    digest = hashlib.sha256(open(scripted_detector_file, 'rb').read()).hexdigest()
+    monkeypatch.setitem(trusted.KNOWN_TORCHSCRIPT_SHA256, digest, 'inception stand-in')
+
+
+def test_unknown_torchscript_detector_needs_trust(tmp_path, monkeypatch):
+    path = tmp_path / 'other.pt'
+    torch.jit.save(torch.jit.script(_InceptionLike()), str(path))
+    assert hashlib.sha256(path.read_bytes()).hexdigest() not in trusted.KNOWN_TORCHSCRIPT_SHA256
+    loads = []
+    real_load = torch.jit.load
+    monkeypatch.setattr(torch.jit, 'load', lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    for spec in (f'inception:{path}', 'inception'):
+        target = tmp_path / 'detectors' / 'inception-2015-12-05.pt'
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'no-dnnlib'))
+        with pytest.raises(GanPruneError) as e:
+            detectors.build_detector(spec, device='cpu', cache_dir=str(tmp_path))
+        assert '--trust-pickle' in str(e.value) and '\n' not in str(e.value)
+    assert loads == []
+    det = detectors.build_detector(f'inception:{path}', device='cpu', trust=True)
+    assert det.features(torch.zeros([1, 3, 8, 8], dtype=torch.uint8)).shape == (1, 48) and len(loads) == 1
 
 
 def test_inception_file_is_called_with_uint8_and_return_features(scripted_detector_file):
@@ -97,7 +126,7 @@ def test_scripted_module_with_wrong_signature_fails_clearly(tmp_path):
 
     path = tmp_path / 'plain.pt'
     torch.jit.save(torch.jit.script(NoFeatures()), str(path))
-    det = detectors.build_detector(f'inception:{path}', device='cpu')
+    det = detectors.build_detector(f'inception:{path}', device='cpu', trust=True)
     with pytest.raises(GanPruneError, match='return_features'):
         det.features(torch.zeros([1, 3, 8, 8], dtype=torch.uint8))
 

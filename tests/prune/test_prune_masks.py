@@ -1,4 +1,5 @@
-"""Mask providers: all-ones, the --mask spec, and user models (TorchScript or name + state dict)."""
+"""Mask providers: all-ones, the --mask spec, and user models (TorchScript or name + state dict), which run code
+only with trust (--trust-pickle)."""
 import pytest
 import torch
 
@@ -46,7 +47,9 @@ def test_auto_with_weights_uses_face_parser(tmp_path):
 def test_torchscript_user_mask(tmp_path):
     path = tmp_path / 'mask.pt'
     torch.jit.script(HalfMask()).save(str(path))
-    provider = build_mask(str(path))
+    with pytest.raises(GanPruneError, match='--trust-pickle'):
+        build_mask(str(path))  # a program: not without the flag
+    provider = build_mask(str(path), trust=True)
     assert isinstance(provider, UserMask)
     m = provider(torch.randn(2, 3, 8, 8))
     assert m.shape == (2, 1, 8, 8)
@@ -61,7 +64,9 @@ def test_state_dict_plus_name_user_mask(tmp_path):
     path = tmp_path / 'mask.pth'
     torch.save({'name': 'torch.nn.Conv2d', 'kwargs': {'in_channels': 3, 'out_channels': 1, 'kernel_size': 1},
                 'state_dict': conv.state_dict()}, path)
-    provider = build_mask(str(path))
+    with pytest.raises(GanPruneError, match='torch.nn.Conv2d.*--trust-pickle'):
+        build_mask(str(path))  # not one of the toolkit's own classes
+    provider = build_mask(str(path), trust=True)
     x = torch.full((1, 3, 4, 4), 1.0)
     x[..., :2] = -1.0
     m = provider(x)
@@ -79,8 +84,56 @@ def test_user_mask_errors(tmp_path):
         build_mask(str(bad))
     torch.save({'name': 'no.such.Module', 'state_dict': {}}, bad)
     with pytest.raises(GanPruneError, match='cannot import'):
-        build_mask(str(bad))
+        build_mask(str(bad), trust=True)
     wrong = tmp_path / 'wrong.pt'
     torch.jit.script(torch.nn.Conv2d(3, 2, 1)).save(str(wrong))  # two channels: not a mask
     with pytest.raises(GanPruneError, match=r'\[N, 1, H, W\]'):
-        build_mask(str(wrong))(torch.randn(1, 3, 4, 4))
+        build_mask(str(wrong), trust=True)(torch.randn(1, 3, 4, 4))
+    ours = tmp_path / 'ours.pth'
+    torch.save({'name': 'gan_prune.demo.mask_model.ContentSegmenter', 'kwargs': {'width': 4},
+                'state_dict': {'enc1.0.weight': torch.zeros(1)}}, ours)
+    with pytest.raises(GanPruneError, match='does not fit'):
+        build_mask(str(ours))
+
+
+def _command_file(path, marker):
+    """A mask file naming a callable with kwargs: loading it must never run the shell command."""
+    torch.save({'name': 'os.system', 'kwargs': {'command': f'touch {marker}'}, 'state_dict': {}}, path)
+    return str(path)
+
+
+def test_mask_file_naming_a_shell_command_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / 'ran.marker'
+    path = _command_file(tmp_path / 'evil.pt', marker)
+    for spec_option in ('--mask', '--cagan-mask'):
+        with pytest.raises(GanPruneError) as e:
+            build_mask(path, option=spec_option)
+        message = str(e.value)
+        assert "'os.system'" in message and spec_option in message and '--trust-pickle' in message
+        assert '\n' not in message
+    assert not marker.exists()
+
+
+def test_prune_cli_refuses_the_shell_command_mask_with_one_line(tmp_path, capsys):
+    from gan_prune.cli import main
+    marker = tmp_path / 'ran.marker'
+    path = _command_file(tmp_path / 'evil.pt', marker)
+    with pytest.raises(SystemExit) as e:
+        main(['prune', '--pkl', 'builtin:tiny32', '--ratio', '0.5', '--mask', path, '--samples', '2', '--batch', '2',
+              '--out', str(tmp_path / 'out.pkl')])
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error:') and "'os.system'" in err and '\n' not in err
+    assert not marker.exists() and not (tmp_path / 'out.pkl').exists()
+    main(['prune', '--help'])
+    help_text = ''.join(capsys.readouterr().out.split())  # ignore line wrapping
+    assert 'eitherrunscode,soitneeds--trust-pickle' in help_text
+
+
+def test_bundled_demo_mask_is_data_and_loads_without_trust():
+    from gan_prune.demo import DEMO_FACE_MASK
+    from gan_prune.demo.mask_model import ContentSegmenter
+    from gan_prune.io.trusted import is_torchscript_archive
+    assert not is_torchscript_archive(DEMO_FACE_MASK)
+    provider = build_mask('demo-faces')
+    assert type(provider.model) is ContentSegmenter
