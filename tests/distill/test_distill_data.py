@@ -192,12 +192,14 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 
 def _huge_png_header() -> bytes:
-    """A PNG signature and IHDR declaring 100000 x 100000 RGB pixels, and no pixel data."""
+    """A well-formed small PNG file whose header declares 9000 x 9000 RGB pixels (its data is a few bytes)."""
     import struct
     import zlib
-    ihdr = struct.pack('>IIBBBBB', 100_000, 100_000, 8, 2, 0, 0, 0)
-    chunk = struct.pack('>I', len(ihdr)) + b'IHDR' + ihdr + struct.pack('>I', zlib.crc32(b'IHDR' + ihdr))
-    return b'\x89PNG\r\n\x1a\n' + chunk
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+    ihdr = struct.pack('>IIBBBBB', 9000, 9000, 8, 2, 0, 0, 0)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b'')) + chunk(b'IEND', b'')
 
 
 def _folder_with_bad_image(folder, case: str) -> str:
