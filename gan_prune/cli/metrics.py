@@ -7,6 +7,7 @@ import time
 
 import click
 
+from gan_prune.cli import checks
 from gan_prune.defaults import METRICS
 from gan_prune.errors import GanPruneError
 from gan_prune.fileio import atomic_write
@@ -46,13 +47,13 @@ def format_table(results: dict[str, float]) -> str:
 @click.command('metrics')
 @click.option('--pkl', 'src', required=True, metavar='SRC',
               help='Network pickle to evaluate (its G_ema): a path, an http(s) URL, or builtin:NAME.')
-@click.option('--metrics', 'metric_list', default=METRICS['metrics'], show_default=True, metavar='LIST',
+@click.option('--metrics', 'metric_list', default=METRICS['metrics'], callback=checks.metrics, show_default=True, metavar='LIST',
               help='Comma-separated metrics: fid, kid, pr (precision/recall).')
 @click.option('--data', metavar='DATASET', default=None,
               help="Reference dataset (zip or folder). Default: the pickle's training_set_kwargs path, if it exists.")
 @click.option('--ref-pkl', metavar='SRC', default=None,
               help="Compare with this teacher's samples (its G_ema) instead of a dataset.")
-@click.option('--detector', default=METRICS['detector'], show_default=True, metavar='SPEC',
+@click.option('--detector', default=METRICS['detector'], callback=checks.detector, show_default=True, metavar='SPEC',
               help="Feature detector: 'effnet-lite0' (bundled, offline; reported as e.g. 'FD (effnet-lite0)', not "
                    "FID), 'inception' (inception-2015-12-05.pt under <cache-dir>/detectors/) or 'inception:FILE'. "
                    'Only Inception gives numbers comparable with published FID.')
@@ -66,7 +67,7 @@ def format_table(results: dict[str, float]) -> str:
               help='Images per generator and detector call.')
 @click.option('--seed', type=int, default=METRICS['seed'], show_default=True,
               help='Seed of the generated samples (teacher samples use seed + 1).')
-@click.option('--device', default='auto', show_default=True,
+@click.option('--device', default='auto', callback=checks.device, show_default=True,
               help="'auto' (CUDA if available, else CPU), 'cpu' or 'cuda[:N]'.")
 @click.option('--cache/--no-cache', default=METRICS['cache'], show_default=True,
               help='Reuse reference statistics cached per dataset (or teacher) and detector.')

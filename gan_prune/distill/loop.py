@@ -115,6 +115,25 @@ def _validate(o: dict) -> None:
     rd.parse_grid(o['grid'])
     if o['device'] not in ('auto', 'cpu', 'cuda') and not str(o['device']).startswith('cuda:'):
         raise GanPruneError(f"--device must be auto, cpu or cuda, got {o['device']!r}")
+    _validate_specs(o)
+
+
+def _validate_specs(o: dict) -> None:
+    """Names used only later (embedders when the losses are built, metrics at the first snapshot), checked now."""
+    from gan_prune.distill.dime import check_embedder_specs
+    from gan_prune.metrics.compute import parse_metrics
+    from gan_prune.metrics.detectors import DETECTOR_CHOICES, EFFNET_LITE0, INCEPTION
+    for option, key, check in (('--dime', 'dime', check_embedder_specs), ('--metrics', 'metrics', parse_metrics)):
+        value = o.get(key)
+        if value and str(value).strip().lower() != 'none':
+            try:
+                check(value)
+            except GanPruneError as e:
+                raise GanPruneError(f'{option}: {e}') from e
+    detector = str(o.get('metrics_detector') or EFFNET_LITE0)
+    if detector not in (EFFNET_LITE0, INCEPTION) and not detector.startswith(INCEPTION + ':'):
+        raise GanPruneError(f'--metrics-detector: unknown detector {detector!r}; choose one of: '
+                            f'{", ".join(DETECTOR_CHOICES)}')
 
 
 def world_from_env() -> tuple[int, int, int]:
