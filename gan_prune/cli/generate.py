@@ -11,7 +11,8 @@ D = defaults.GENERATE
 
 @click.command('generate')
 @click.option('--pkl', 'src', required=True, metavar='SRC',
-              help='Network pickle: a path, an http(s) URL, or builtin:NAME; its G_ema is used.')
+              help='Network pickle: a path, an http(s) URL, or builtin:NAME; its G_ema is used. NaN/inf weights '
+                   'give a warning, and the images are still written (they show what the network does).')
 @click.option('--seeds', default=D['seeds'], callback=checks.seeds, show_default=True, metavar='LIST',
               help='Seeds: numbers and inclusive ranges, e.g. 0-15 or 1,5,9-11.')
 @click.option('--outdir', default=D['outdir'], show_default=True, metavar='DIR',

@@ -19,7 +19,17 @@ def _load_generator(src: str, trust: bool):
     if not src.startswith('builtin:') and '://' not in src and not os.path.exists(src):
         raise GanPruneError(f'no such file: {src}')
     data = load_network_pkl(src, trust=trust)
+    _refuse_nonfinite(data['G_ema'], src)
     return data['G_ema'], data.get('training_set_kwargs')
+
+
+def _refuse_nonfinite(G, src: str) -> None:
+    """A network with NaN/inf weights has no meaningful score; refuse it before the (long) measurement."""
+    from gan_prune.nets.finite import describe, nonfinite_tensors
+    found = nonfinite_tensors(G)
+    if found:
+        raise GanPruneError(f'{describe(f"G_ema of {src}", found)}: no metric of it would mean anything; '
+                            f'measure an earlier snapshot')
 
 
 def _append_json_line(path: str, record: dict) -> None:
@@ -46,7 +56,8 @@ def format_table(results: dict[str, float]) -> str:
 
 @click.command('metrics')
 @click.option('--pkl', 'src', required=True, metavar='SRC',
-              help='Network pickle to evaluate (its G_ema): a path, an http(s) URL, or builtin:NAME.')
+              help='Network pickle to evaluate (its G_ema): a path, an http(s) URL, or builtin:NAME. A network with '
+                   'NaN/inf weights is refused (its score would be a meaningless number in a table).')
 @click.option('--metrics', 'metric_list', default=METRICS['metrics'], callback=checks.metrics, show_default=True, metavar='LIST',
               help='Comma-separated metrics: fid, kid, pr (precision/recall).')
 @click.option('--data', metavar='DATASET', default=None,
