@@ -53,6 +53,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self._use_labels = bool(use_labels)
         self._xflip = bool(xflip)
         self._zip: zipfile.ZipFile | None = None  # opened lazily, once per process (DataLoader workers)
+        self._zip_pid: int | None = None
 
         if os.path.isdir(self.path):
             self._kind = 'dir'
@@ -104,8 +105,11 @@ class ImageDataset(torch.utils.data.Dataset):
     # -- raw access
 
     def _get_zip(self) -> zipfile.ZipFile:
-        if self._zip is None:
+        # One ZipFile per process: a forked loader worker inherits the parent's open file, whose read position
+        # is shared between processes, so concurrent reads would interleave (intermittent EOFError/BadZipFile).
+        if self._zip is None or self._zip_pid != os.getpid():
             self._zip = zipfile.ZipFile(self.path)
+            self._zip_pid = os.getpid()
         return self._zip
 
     def _read_bytes(self, name: str) -> bytes:

@@ -284,3 +284,25 @@ def test_fifo_in_a_folder_dataset_does_not_block(tmp_path):
     os.mkfifo(os.path.join(folder, '9-bad.png'))
     with pytest.raises(GanPruneError, match='not a regular file'):
         ImageDataset(folder)[5]
+
+
+def test_each_process_opens_its_own_zip(tmp_path, monkeypatch):
+    ds = ImageDataset(write_dataset_zip(tmp_path / 's.zip', random_images(3)))
+    parent = ds._get_zip()
+    assert ds._get_zip() is parent
+    monkeypatch.setattr(os, 'getpid', lambda: -1)  # as in a forked loader worker
+    assert ds._get_zip() is not parent
+
+
+def test_two_forked_workers_read_a_zip_without_interfering(tmp_path):
+    # Forked workers once shared the parent's open zip file and its read position: reads interleaved and
+    # failed now and then (EOFError with an empty message, BadZipFile "File name in directory ... differ").
+    ds = ImageDataset(write_dataset_zip(tmp_path / 's.zip', random_images(24, res=32)), xflip=True)
+    ds[0]  # the main process has the zip open before the workers fork
+    expected = RealImageSource(ds, batch_size=8, seed=2, workers=0)
+    workers = RealImageSource(ds, batch_size=8, seed=2, workers=2)
+    try:
+        for _ in range(24):
+            torch.testing.assert_close(workers.next()[0], expected.next()[0], rtol=0, atol=0)
+    finally:
+        workers.close()
