@@ -14,6 +14,7 @@ _compat.init_from_env()
 def load_network_pkl(src, trust: bool = False, **kwargs) -> dict:
     """Load a StyleGAN2-ADA network pickle; see gan_prune.io.pickles.load_network_pkl."""
     from gan_prune.io.pickles import load_network_pkl as _load
+    _compat.check_root()
     return _load(src, trust=trust, **kwargs)
 
 

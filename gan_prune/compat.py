@@ -18,6 +18,9 @@ _REQUIRED_FILES = ('dnnlib/__init__.py', 'torch_utils/persistence.py', 'torch_ut
                    'training/networks.py', 'legacy.py')
 
 _plugin_root: str | None = None
+# Why the root the user named (--sg2ada-root, $STYLEGAN2_ADA_ROOT) is not in use, when it was wrong: reported
+# later (by the CLI, by `gan-prune env`, by load_network_pkl), never raised while `import gan_prune` runs.
+_root_problem: GanPruneError | None = None
 
 
 def use_sg2ada_root(root: str) -> str:
@@ -30,7 +33,7 @@ def use_sg2ada_root(root: str) -> str:
     root = os.path.abspath(os.path.expanduser(root))
     missing = [f for f in _REQUIRED_FILES if not os.path.isfile(os.path.join(root, f))]
     if missing:
-        raise GanPruneError(f'--sg2ada-root {root} is not a stylegan2-ada-pytorch checkout (missing {missing[0]}); '
+        raise GanPruneError(f'{root} is not a stylegan2-ada-pytorch checkout (missing {missing[0]}); '
                             f'point it at the folder that holds legacy.py and torch_utils/')
     if _plugin_root == root:
         return root
@@ -43,10 +46,30 @@ def use_sg2ada_root(root: str) -> str:
 
 
 def init_from_env() -> None:
-    """Honour $STYLEGAN2_ADA_ROOT (called when gan_prune is imported)."""
-    root = os.environ.get(ENV_VAR)
+    """Honour $STYLEGAN2_ADA_ROOT (called when gan_prune is imported).
+
+    A wrong value does not fail the import (so `gan-prune --help` and `gan-prune env` still work): it is kept
+    and raised by `check_root()` when networks are about to be used.
+    """
+    try_sg2ada_root(os.environ.get(ENV_VAR), f'${ENV_VAR}')
+
+
+def try_sg2ada_root(root: str | None, source: str) -> None:
+    """Use the checkout at `root` if it is one; otherwise remember why not, naming `source` (the option or
+    variable it came from), for `check_root()` and `describe()`."""
+    global _root_problem
+    _root_problem = None
     if root:
-        use_sg2ada_root(root)
+        try:
+            use_sg2ada_root(root)
+        except GanPruneError as e:
+            _root_problem = GanPruneError(f'{source}: {e}')
+
+
+def check_root() -> None:
+    """Raise the one-line error for a wrong stylegan2-ada-pytorch root, if one was given."""
+    if _root_problem is not None:
+        raise _root_problem
 
 
 def plugin_root() -> str | None:
@@ -57,7 +80,10 @@ def plugin_root() -> str | None:
 def describe() -> dict:
     """Where the active compatibility modules come from (for `gan-prune env`)."""
     import torch_utils
-    return {
+    report = {
         'implementation': 'stylegan2-ada-pytorch checkout (plugin mode)' if _plugin_root else 'bundled clean-room layer',
         'root': _plugin_root or os.path.dirname(os.path.dirname(os.path.abspath(torch_utils.__file__))),
     }
+    if _root_problem is not None:
+        report['problem'] = str(_root_problem)
+    return report

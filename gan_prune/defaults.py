@@ -6,7 +6,8 @@ Each stage owns one section. Values are plain Python data so they can be written
 DOWNLOAD = dict(
     cache_dir=None,            # None: $GAN_PRUNE_CACHE_DIR, else $DNNLIB_CACHE_DIR/gan_prune, else ~/.cache/gan_prune
     num_attempts=3,
-    timeout=60,
+    timeout=60,                # seconds one connect or read may wait
+    deadline=3600,             # seconds the whole download (all attempts) may take: a trickling server ends too
     retry_delay=1.0,           # seconds before the 2nd attempt (grows linearly)
 )
 

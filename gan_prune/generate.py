@@ -56,6 +56,16 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _warn_if_nonfinite(G: torch.nn.Module, src: str) -> None:
+    """Rendering goes on (the images show what the network does), after a warning on stderr."""
+    import sys
+    from gan_prune.nets.finite import describe, nonfinite_tensors
+    found = nonfinite_tensors(G)
+    if found:
+        print(f'warning: {describe(f"G_ema of {src}", found)}; its images will be NaN (black)', file=sys.stderr,
+              flush=True)
+
+
 def seed_latent(seed: int, z_dim: int) -> torch.Tensor:
     """[1, z_dim] float64 latent of `seed`, as the original generate.py draws it."""
     return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim))
@@ -160,6 +170,7 @@ def generate_images(src: str, outdir: str, seeds: list[int] | None = None, trunc
     G = data.get('G_ema')
     if G is None:
         raise GanPruneError(f'{src} holds no G_ema; is it a StyleGAN2-ADA network pickle?')
+    _warn_if_nonfinite(G, src)
     device = resolve_device(device)
     G = G.to(device).eval()
     if int(G.c_dim) == 0 and class_idx is not None and log is not None:

@@ -27,8 +27,19 @@ COMMANDS = {
 }
 
 
+# Commands that must run whatever $STYLEGAN2_ADA_ROOT says (they report a wrong value instead of failing on it).
+COMMANDS_WITHOUT_LAYER = ('env',)
+_HELP_OPTIONS = ('-h', '--help')
+
+
 class LazyGroup(click.Group):
     """A group that imports a command's module only when that command is needed."""
+
+    def invoke(self, ctx: click.Context):
+        # Keep the subcommand's arguments where the group callback can see them (click hands them on after
+        # the callback), so that `gan-prune CMD --help` is not refused for a wrong --sg2ada-root.
+        ctx.meta['gan_prune.subcommand_args'] = list(ctx.args)
+        return super().invoke(ctx)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name, mod in COMMANDS.items() if importlib.util.find_spec(mod) is not None]
@@ -46,7 +57,8 @@ class LazyGroup(click.Group):
               help='Use this stylegan2-ada-pytorch checkout (its ops, including CUDA kernels) instead of the '
                    'bundled clean-room layer. Also read from $STYLEGAN2_ADA_ROOT.')
 @click.version_option(package_name='gan_prune')
-def cli(debug: bool, sg2ada_root: str | None) -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, sg2ada_root: str | None) -> None:
     """Compress StyleGAN2-ADA generators: content-aware pruning, then NICKEL & DiME distillation.
 
     \b
@@ -56,9 +68,34 @@ def cli(debug: bool, sg2ada_root: str | None) -> None:
       gan-prune distill --teacher ffhq.pkl --student pruned.pkl --data ffhq.zip --outdir runs/
       gan-prune demo    (everything above, on the bundled teacher, on a laptop CPU)
     """
-    if sg2ada_root:
-        from gan_prune import compat
-        compat.use_sg2ada_root(sg2ada_root)
+    _use_layer(ctx, sg2ada_root)
+
+
+def _use_layer(ctx: click.Context, sg2ada_root: str | None) -> None:
+    """Switch to the user's stylegan2-ada-pytorch checkout; a wrong one fails here, with one line, unless the
+    command does not need the layer (`env` reports it, `CMD --help` only prints help)."""
+    from gan_prune import compat
+    from_env = ctx.get_parameter_source('sg2ada_root') == click.core.ParameterSource.ENVIRONMENT
+    # Also with no root: that clears a problem left by an earlier invocation in this process.
+    compat.try_sg2ada_root(sg2ada_root, f'${compat.ENV_VAR}' if from_env else '--sg2ada-root')
+    help_only = any(a in _HELP_OPTIONS for a in ctx.meta.get('gan_prune.subcommand_args', []))
+    if ctx.invoked_subcommand not in COMMANDS_WITHOUT_LAYER and not help_only:
+        compat.check_root()
+
+
+def _first_line(error: BaseException) -> tuple[str, bool]:
+    """The first non-empty line of the error's message ('' if none), and whether more lines followed."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else ''), len(lines) > 1
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one non-empty line: a GanPruneError's message, anything else with its type; the type
+    stands in for an empty message, and a message of several lines keeps its first."""
+    first, more = _first_line(error)
+    if isinstance(error, GanPruneError) and first:
+        return first + (' (more with --debug)' if more else '')
+    return f'{type(error).__name__}: {first or "no message"} (run with --debug for the traceback)'
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     except GanPruneError as e:
         if debug:
             raise
-        click.echo(f'error: {e}', err=True)
+        click.echo(f'error: {one_line(e)}', err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo('Interrupted.', err=True)
@@ -84,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # pylint: disable=broad-except
         if debug:
             raise
-        click.echo(f'error: {type(e).__name__}: {e} (run with --debug for the traceback)', err=True)
+        click.echo(f'error: {one_line(e)}', err=True)
         sys.exit(1)
 
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import click
 
+from gan_prune.cli import checks
 from gan_prune.defaults import DEMO as D
 
 
 @click.command('demo')
 @click.option('--outdir', default=D['outdir'], show_default=True, metavar='DIR',
               help='Where everything goes: data/, pruned.pkl, runs/, student.pkl, comparison.png, results.*.')
-@click.option('--rate', type=float, default=D['rate'], show_default=True,
+@click.option('--rate', type=float, callback=checks.fraction, default=D['rate'], show_default=True,
               help='FLOPs compression rate of the student (0.9: about 10x fewer MACs).')
 @click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=D['kimg'], show_default=True,
               help='Length of the NICKEL & DiME fine-tuning in thousands of images (longer: better student).')
@@ -21,10 +22,10 @@ from gan_prune.defaults import DEMO as D
               help='Generated images per model for the metrics (below 1281 the effnet-lite0 FD is strongly biased).')
 @click.option('--metrics-vs-teacher/--no-metrics-vs-teacher', default=D['metrics_vs_teacher'], show_default=True,
               help='Also measure how close each student is to the teacher\'s samples (embeds teacher images once).')
-@click.option('--seeds', default=D['seeds'], show_default=True,
+@click.option('--seeds', default=D['seeds'], callback=checks.seeds, show_default=True,
               help='Latent seeds of the side-by-side image (gan-prune generate conventions).')
 @click.option('--seed', type=int, default=D['seed'], show_default=True, help='Seed of pruning and training.')
-@click.option('--device', default=D['device'], show_default=True, help='cpu, cuda, or auto (cuda when available).')
+@click.option('--device', default=D['device'], callback=checks.device, show_default=True, help='cpu, cuda, or auto (cuda when available).')
 def command(**options) -> None:
     """Prune the bundled 32 px teacher, fine-tune it briefly with NICKEL & DiME, export it, and compare.
 

@@ -60,6 +60,8 @@ def command(as_json: bool) -> None:
     gpus = ', '.join(report['cuda_devices']) or 'none'
     click.echo(f'device:     {report["default_device"]} (CUDA GPUs: {gpus}; torch threads {report["torch_threads"]})')
     click.echo(f'layer:      {report["compat"]["implementation"]} at {report["compat"]["root"]}')
+    if report['compat'].get('problem'):
+        click.echo(f'            not used: {report["compat"]["problem"]}')
     ops = report['ops']
     if isinstance(ops, dict):
         click.echo('ops:        ' + '; '.join(f'{k}: {v}' for k, v in ops.items()))

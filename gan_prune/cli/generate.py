@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from gan_prune.cli import checks
 from gan_prune import defaults
 
 D = defaults.GENERATE
@@ -10,8 +11,9 @@ D = defaults.GENERATE
 
 @click.command('generate')
 @click.option('--pkl', 'src', required=True, metavar='SRC',
-              help='Network pickle: a path, an http(s) URL, or builtin:NAME; its G_ema is used.')
-@click.option('--seeds', default=D['seeds'], show_default=True, metavar='LIST',
+              help='Network pickle: a path, an http(s) URL, or builtin:NAME; its G_ema is used. NaN/inf weights '
+                   'give a warning, and the images are still written (they show what the network does).')
+@click.option('--seeds', default=D['seeds'], callback=checks.seeds, show_default=True, metavar='LIST',
               help='Seeds: numbers and inclusive ranges, e.g. 0-15 or 1,5,9-11.')
 @click.option('--outdir', default=D['outdir'], show_default=True, metavar='DIR',
               help='Folder for seedNNNN.png (and grid.png).')
@@ -24,7 +26,7 @@ D = defaults.GENERATE
 @click.option('--projected-w', default=None, metavar='FILE',
               help='Render the W array (npz key w, [K, num_ws, w_dim]) instead of seeds, as projNN.png.')
 @click.option('--grid/--no-grid', default=D['grid'], show_default=True, help='Also write grid.png.')
-@click.option('--device', default=D['device'], show_default=True, help='cpu, cuda, cuda:N, or auto.')
+@click.option('--device', default=D['device'], callback=checks.device, show_default=True, help='cpu, cuda, cuda:N, or auto.')
 @click.option('--precision', type=click.Choice(['auto', 'fp32', 'native']), default=D['precision'],
               show_default=True,
               help='auto: fp16 blocks run in fp32 on the CPU (much faster there) and natively on CUDA.')

@@ -65,6 +65,8 @@ def network_summary(data: dict, src: str, convention: str = 'conv') -> dict:
     summary['augment_pipe'] = data.get('augment_pipe') is not None
     summary['training_set_kwargs'] = _plain(data.get('training_set_kwargs'))
     summary['extra_keys'] = extras
+    from gan_prune.nets.finite import nonfinite_networks
+    summary['nonfinite_weights'] = nonfinite_networks(data)  # {network: {tensor: count}}; empty when all finite
     if isinstance(data.get('pruning'), dict):
         pr = data['pruning']
         summary['pruning'] = {k: _plain(pr[k]) for k in ('criterion', 'rate', 'ratio', 'rate_convention', 'source_sha256')
@@ -138,4 +140,8 @@ def command(src: str, convention: str, as_json: bool, trust_pickle: bool) -> Non
         raise GanPruneError(f'no such file: {src}')
     data = load_network_pkl(src, trust=trust_pickle)
     summary = network_summary(data, src, convention)
+    from gan_prune.nets.finite import describe
+    for key, found in summary['nonfinite_weights'].items():  # on stderr: --json output stays valid JSON
+        click.echo(f'warning: {describe(key, found)}; its images and metrics will be NaN (a diverged or '
+                   f'damaged network?)', err=True)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from gan_prune.cli import checks
 from gan_prune.defaults import METRICS
 from gan_prune.errors import GanPruneError
 from gan_prune.fileio import atomic_write
@@ -18,7 +19,17 @@ def _load_generator(src: str, trust: bool):
     if not src.startswith('builtin:') and '://' not in src and not os.path.exists(src):
         raise GanPruneError(f'no such file: {src}')
     data = load_network_pkl(src, trust=trust)
+    _refuse_nonfinite(data['G_ema'], src)
     return data['G_ema'], data.get('training_set_kwargs')
+
+
+def _refuse_nonfinite(G, src: str) -> None:
+    """A network with NaN/inf weights has no meaningful score; refuse it before the (long) measurement."""
+    from gan_prune.nets.finite import describe, nonfinite_tensors
+    found = nonfinite_tensors(G)
+    if found:
+        raise GanPruneError(f'{describe(f"G_ema of {src}", found)}: no metric of it would mean anything; '
+                            f'measure an earlier snapshot')
 
 
 def _append_json_line(path: str, record: dict) -> None:
@@ -45,14 +56,15 @@ def format_table(results: dict[str, float]) -> str:
 
 @click.command('metrics')
 @click.option('--pkl', 'src', required=True, metavar='SRC',
-              help='Network pickle to evaluate (its G_ema): a path, an http(s) URL, or builtin:NAME.')
-@click.option('--metrics', 'metric_list', default=METRICS['metrics'], show_default=True, metavar='LIST',
+              help='Network pickle to evaluate (its G_ema): a path, an http(s) URL, or builtin:NAME. A network with '
+                   'NaN/inf weights is refused (its score would be a meaningless number in a table).')
+@click.option('--metrics', 'metric_list', default=METRICS['metrics'], callback=checks.metrics, show_default=True, metavar='LIST',
               help='Comma-separated metrics: fid, kid, pr (precision/recall).')
 @click.option('--data', metavar='DATASET', default=None,
               help="Reference dataset (zip or folder). Default: the pickle's training_set_kwargs path, if it exists.")
 @click.option('--ref-pkl', metavar='SRC', default=None,
               help="Compare with this teacher's samples (its G_ema) instead of a dataset.")
-@click.option('--detector', default=METRICS['detector'], show_default=True, metavar='SPEC',
+@click.option('--detector', default=METRICS['detector'], callback=checks.detector, show_default=True, metavar='SPEC',
               help="Feature detector: 'effnet-lite0' (bundled, offline; reported as e.g. 'FD (effnet-lite0)', not "
                    "FID), 'inception' (inception-2015-12-05.pt under <cache-dir>/detectors/) or 'inception:FILE'. "
                    'Only Inception gives numbers comparable with published FID. The Inception file is TorchScript '
@@ -67,7 +79,7 @@ def format_table(results: dict[str, float]) -> str:
               help='Images per generator and detector call.')
 @click.option('--seed', type=int, default=METRICS['seed'], show_default=True,
               help='Seed of the generated samples (teacher samples use seed + 1).')
-@click.option('--device', default='auto', show_default=True,
+@click.option('--device', default='auto', callback=checks.device, show_default=True,
               help="'auto' (CUDA if available, else CPU), 'cpu' or 'cuda[:N]'.")
 @click.option('--cache/--no-cache', default=METRICS['cache'], show_default=True,
               help='Reuse reference statistics cached per dataset (or teacher) and detector.')

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from gan_prune import defaults
+from gan_prune.cli import checks
 from gan_prune.nets.cost import CONVENTIONS
 from gan_prune.prune.importance import IMPORTANCE
 
@@ -14,11 +15,11 @@ D = defaults.PRUNE
 @click.option('--pkl', 'src', required=True, metavar='SRC',
               help='Teacher network pickle: a path, an http(s) URL, or builtin:NAME (tiny32, paper256).')
 @click.option('--out', required=True, metavar='PKL', help='Where to write the pruned snapshot (.pkl).')
-@click.option('--rate', type=float, default=None, metavar='R',
+@click.option('--rate', type=float, default=None, callback=checks.fraction, metavar='R',
               help='Target FLOPs compression rate 1 - MACs(student)/MACs(teacher), e.g. 0.9573; the smallest '
                    'uniform channel ratio that reaches it is used. The paper\'s "95.73 %" student is --ratio 0.8 '
                    '(95.87 % conv, 95.85 % total; 95.73 % is not reproduced by any convention).')
-@click.option('--ratio', type=float, default=None, metavar='r',
+@click.option('--ratio', type=float, default=None, callback=checks.fraction, metavar='r',
               help='Uniform channel ratio instead of --rate: remove int(C*r) channels of every feature map '
                    '(paper: 0.5, 0.7, 0.8, 0.9, 0.95).')
 @click.option('--channels', 'channel_text', default=None, metavar='RES:N,...',
@@ -47,7 +48,7 @@ D = defaults.PRUNE
               help='Seed of the latents and the salt-and-pepper noise (the result is deterministic for a seed).')
 @click.option('--noise-prob', type=click.FloatRange(0, 1), default=D['noise_prob'], show_default=True,
               help='Probability that a masked pixel gets salt-and-pepper noise.')
-@click.option('--device', default=D['device'], show_default=True,
+@click.option('--device', default=D['device'], callback=checks.device, show_default=True,
               help='cpu, cuda, cuda:N, or auto (cuda when available).')
 @click.option('--trust-pickle', is_flag=True,
               help='Let the given files run code, for files from a source you trust: the code embedded in the '

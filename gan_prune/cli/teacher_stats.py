@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from gan_prune.cli import checks
 from gan_prune.defaults import DIME, EMBED
 from gan_prune.errors import GanPruneError
 
@@ -10,7 +11,7 @@ from gan_prune.errors import GanPruneError
 @click.command('teacher-stats')
 @click.option('--pkl', 'src', required=True, metavar='SRC',
               help='Teacher network pickle (its G_ema is sampled): a path, an http(s) URL, or builtin:NAME.')
-@click.option('--embed', 'embed_spec', default=EMBED['embed'], show_default=True, metavar='SPEC',
+@click.option('--embed', 'embed_spec', default=EMBED['embed'], callback=checks.embedders, show_default=True, metavar='SPEC',
               help='Embedder(s), comma separated: effnet-lite0, clip:ARCH, dino-resnet50, torchscript:FILE. '
                    f'A DiME spec with weights (e.g. {DIME["release_spec"]}) is accepted; the weights are ignored here. '
                    'effnet-lite0 works offline; the released method uses clip:RN50,dino-resnet50.')
@@ -32,7 +33,7 @@ from gan_prune.errors import GanPruneError
               help='Also keep this many teacher embeddings per embedder, for the kernel-MMD estimator.')
 @click.option('--checkpoint-every', type=click.IntRange(min=1), default=EMBED['checkpoint_every'],
               show_default=True, help='Batches between saves of the resumable state <out>.partial.npz.')
-@click.option('--device', default=EMBED['device'], show_default=True,
+@click.option('--device', default=EMBED['device'], callback=checks.device, show_default=True,
               help='auto, cpu or cuda (cuda falls back to cpu when unavailable).')
 @click.option('--trust-pickle', is_flag=True,
               help='Let the given files run code, for files from a source you trust: the code embedded in the '

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import zipfile
 from typing import Iterable, Iterator, Sequence
 
@@ -28,6 +29,11 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 LABELS_FILE = 'dataset.json'
 # What NVIDIA's tools (calc_metrics.py) expect in a snapshot's training_set_kwargs: the same kwargs as ours.
 NVIDIA_DATASET_CLASS = 'training.dataset.ImageFolderDataset'
+# Bounds on one dataset image, checked before anything is read or decoded, so that a crafted or misplaced file
+# (a symlink to /dev/zero, a header declaring a gigapixel image) fails with one line instead of exhausting memory.
+# StyleGAN2-ADA images are at most 1024-2048 px (a few MB as PNG); these limits are far above that.
+MAX_IMAGE_FILE_BYTES = 256 << 20
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -47,6 +53,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self._use_labels = bool(use_labels)
         self._xflip = bool(xflip)
         self._zip: zipfile.ZipFile | None = None  # opened lazily, once per process (DataLoader workers)
+        self._zip_pid: int | None = None
 
         if os.path.isdir(self.path):
             self._kind = 'dir'
@@ -74,6 +81,7 @@ class ImageDataset(torch.utils.data.Dataset):
             keep = np.sort(np.random.RandomState(random_seed).permutation(raw_count)[:max_size])
         self._image_names = [image_names[i] for i in keep]
 
+        self.image_shape: list[int] | None = None  # known once the first image is read
         first = self._load_raw_image(0)
         if first.shape[1] != first.shape[2]:
             raise GanPruneError(f'dataset images must be square; {self._image_names[0]} is '
@@ -97,30 +105,74 @@ class ImageDataset(torch.utils.data.Dataset):
     # -- raw access
 
     def _get_zip(self) -> zipfile.ZipFile:
-        if self._zip is None:
+        # One ZipFile per process: a forked loader worker inherits the parent's open file, whose read position
+        # is shared between processes, so concurrent reads would interleave (intermittent EOFError/BadZipFile).
+        if self._zip is None or self._zip_pid != os.getpid():
             self._zip = zipfile.ZipFile(self.path)
+            self._zip_pid = os.getpid()
         return self._zip
 
     def _read_bytes(self, name: str) -> bytes:
+        """The bytes of one dataset member, refusing anything that is not a regular file of bounded size."""
         if self._kind == 'zip':
-            return self._get_zip().read(name)
-        with open(os.path.join(self.path, name), 'rb') as f:
-            return f.read()
+            return self._read_zip_member(name)
+        return self._read_folder_file(name)
+
+    def _read_zip_member(self, name: str) -> bytes:
+        info = self._get_zip().getinfo(name)
+        self._check_file_size(name, info.file_size)
+        with self._get_zip().open(info) as f:
+            data = f.read(MAX_IMAGE_FILE_BYTES + 1)
+        self._check_file_size(name, len(data))
+        return data
+
+    def _read_folder_file(self, name: str) -> bytes:
+        path = os.path.join(self.path, name)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat on the open file then tells what it is.
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_BINARY', 0))
+        with os.fdopen(fd, 'rb') as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise GanPruneError(f'{name} in dataset {self.path} is not a regular file (a device, pipe or '
+                                    f'socket, perhaps through a symlink); remove it from the dataset')
+            self._check_file_size(name, info.st_size)
+            data = f.read(MAX_IMAGE_FILE_BYTES + 1)  # bounded even if the file grows while we read
+        self._check_file_size(name, len(data))
+        return data
+
+    def _check_file_size(self, name: str, size: int) -> None:
+        if size > MAX_IMAGE_FILE_BYTES:
+            raise GanPruneError(f'{name} in dataset {self.path} is {size} bytes, more than the '
+                                f'{MAX_IMAGE_FILE_BYTES >> 20} MiB an image may have; remove it or re-export the dataset')
 
     def _load_raw_image(self, raw_idx: int) -> np.ndarray:
         name = self._image_names[raw_idx]
         try:
-            with PIL.Image.open(io.BytesIO(self._read_bytes(name))) as im:
-                if im.mode in ('L', 'I;16', 'I', 'F', 'LA', '1'):
-                    im = im.convert('L')
-                elif im.mode != 'RGB':
-                    im = im.convert('RGB')
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, ValueError) as e:
-            raise GanPruneError(f'cannot read image {name} in dataset {self.path}: {e}') from e
+            data = self._read_bytes(name)
+            with PIL.Image.open(io.BytesIO(data)) as im:
+                self._check_declared_size(name, im.size)
+                arr = np.asarray(_to_dataset_mode(im), dtype=np.uint8)
+        except GanPruneError:
+            raise
+        except (OSError, ValueError, EOFError, SyntaxError, KeyError, IndexError,
+                PIL.Image.DecompressionBombError) as e:
+            # Decoders of malformed files raise a wide range of types; each means "this file is unreadable".
+            raise GanPruneError(f'cannot read image {name} in dataset {self.path}: {type(e).__name__}: {e}; '
+                                f'fix or remove the file') from e
         if arr.ndim == 2:
             arr = arr[:, :, None]
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def _check_declared_size(self, name: str, size: tuple[int, int]) -> None:
+        """Refuse from the header alone, before decoding: an image bigger than the bound or than the dataset."""
+        width, height = size
+        expected = self.image_shape
+        if expected is not None and (height, width) != tuple(expected[1:]):
+            raise GanPruneError(f'image {name} in dataset {self.path} is {width}x{height} but the dataset is '
+                                f'{expected[2]}x{expected[1]}; make all images the same size')
+        if width * height > MAX_IMAGE_PIXELS:
+            raise GanPruneError(f'image {name} in dataset {self.path} declares {width}x{height} pixels, more than '
+                                f'the {MAX_IMAGE_PIXELS} allowed; fix or remove the file')
 
     def _load_labels(self) -> np.ndarray | None:
         if LABELS_FILE not in self._all_names:
@@ -238,6 +290,13 @@ def write_dataset_zip(path: str, images: Iterable, labels: Sequence | None = Non
     return atomic_write(path, write)
 
 
+def _to_dataset_mode(im: PIL.Image.Image) -> PIL.Image.Image:
+    """Grayscale-like modes become 'L', everything else 'RGB' (as StyleGAN2-ADA's dataset tool stores them)."""
+    if im.mode in ('L', 'I;16', 'I', 'F', 'LA', '1'):
+        return im.convert('L')
+    return im if im.mode == 'RGB' else im.convert('RGB')
+
+
 def _array_to_pil(arr: np.ndarray) -> PIL.Image.Image:
     if arr.dtype != np.uint8:
         raise GanPruneError(f'dataset images must be uint8, got {arr.dtype}')
@@ -295,6 +354,48 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Errors from loader workers
+
+class _LoadFailure:
+    """What a loader worker hands back instead of a batch when an item failed: the one-line message.
+
+    Passing the failure as data (rather than raising in the worker) keeps it one line: the DataLoader would
+    otherwise re-raise it in the main process with the worker's traceback folded into the message.
+    """
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class _FailureReportingDataset(torch.utils.data.Dataset):
+    """Wraps a dataset for a DataLoader: an item that fails becomes a _LoadFailure naming the file."""
+
+    def __init__(self, dataset: 'ImageDataset'):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int):
+        try:
+            return self.dataset[idx]
+        except GanPruneError as e:
+            return _LoadFailure(str(e))
+        except Exception as e:  # pylint: disable=broad-except  # anything else still names the item
+            names = self.dataset.image_names
+            return _LoadFailure(f'reading image {names[idx % len(names)]} in dataset {self.dataset.path} failed: '
+                                f'{type(e).__name__}: {e}'.replace('\n', ' '))
+
+
+def _collate_or_failure(items: list):
+    """default_collate, unless an item failed: then the batch is that failure."""
+    for item in items:
+        if isinstance(item, _LoadFailure):
+            return item
+    return torch.utils.data.default_collate(items)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Batch sources used by the loop
 
 def images_to_float(images: torch.Tensor) -> torch.Tensor:
@@ -325,7 +426,8 @@ class RealImageSource:
                                    start_step=self.steps_done)
         # A private generator: creating a loader iterator otherwise draws its worker seed from the global RNG,
         # and a resumed run (which creates its iterator at a different step) would then diverge.
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
+        loader = torch.utils.data.DataLoader(_FailureReportingDataset(self.dataset), batch_size=self.batch_size,
+                                             sampler=sampler, collate_fn=_collate_or_failure,
                                              num_workers=self.workers, pin_memory=self.device.type == 'cuda',
                                              prefetch_factor=2 if self.workers > 0 else None,
                                              persistent_workers=False,
@@ -336,7 +438,10 @@ class RealImageSource:
         """(images float32 [N, C, H, W] in [-1, 1], labels float32 [N, label_dim]), both on the device."""
         if self._iterator is None:
             self._iterator = self._make_iterator()
-        images, labels = next(self._iterator)
+        batch = next(self._iterator)
+        if isinstance(batch, _LoadFailure):
+            raise GanPruneError(batch.message)
+        images, labels = batch
         self.steps_done += 1
         images = images_to_float(images.to(self.device, non_blocking=True))
         return images, labels.to(self.device, non_blocking=True).to(torch.float32)

@@ -175,6 +175,21 @@ def parse_dime_spec(spec: str) -> list[tuple[str, float]]:
     return terms
 
 
+def check_embedder_specs(spec: str) -> None:
+    """Check a DiME / --embed spec without building anything: the syntax, known embedder families, and the file
+    of a torchscript:FILE (weights of the other families are looked for when they are built)."""
+    from gan_prune.distill.embedders import EMBEDDERS, split_spec
+    from gan_prune.weights import resolve_weights
+    for name, _weight in parse_dime_spec(spec):
+        family, arg = split_spec(name)
+        if family not in EMBEDDERS:
+            raise GanPruneError(f'unknown embedder {name!r}; choose from: {", ".join(sorted(EMBEDDERS))} '
+                                f'(e.g. clip:RN50, torchscript:FILE)')
+        if family == 'torchscript' and arg and resolve_weights(arg) is None:
+            raise GanPruneError(f'no TorchScript embedder file {arg} (bare names are also searched in the weights '
+                                f'folders, see gan-prune env); check the path')
+
+
 def resolve_weight_files(names: Sequence[str], weight_files: Sequence[str] | Mapping[str, str] | None
                          ) -> dict[str, str]:
     """Map each embedder name to its weights file. Accepts a dict, or a list of 'SPEC=FILE' / 'FILE' entries

@@ -29,6 +29,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from typing import Any, Callable
 
 import numpy as np
@@ -118,6 +119,25 @@ def _validate(o: dict) -> None:
     rd.parse_grid(o['grid'])
     if o['device'] not in ('auto', 'cpu', 'cuda') and not str(o['device']).startswith('cuda:'):
         raise GanPruneError(f"--device must be auto, cpu or cuda, got {o['device']!r}")
+    _validate_specs(o)
+
+
+def _validate_specs(o: dict) -> None:
+    """Names used only later (embedders when the losses are built, metrics at the first snapshot), checked now."""
+    from gan_prune.distill.dime import check_embedder_specs
+    from gan_prune.metrics.compute import parse_metrics
+    from gan_prune.metrics.detectors import DETECTOR_CHOICES, EFFNET_LITE0, INCEPTION
+    for option, key, check in (('--dime', 'dime', check_embedder_specs), ('--metrics', 'metrics', parse_metrics)):
+        value = o.get(key)
+        if value and str(value).strip().lower() != 'none':
+            try:
+                check(value)
+            except GanPruneError as e:
+                raise GanPruneError(f'{option}: {e}') from e
+    detector = str(o.get('metrics_detector') or EFFNET_LITE0)
+    if detector not in (EFFNET_LITE0, INCEPTION) and not detector.startswith(INCEPTION + ':'):
+        raise GanPruneError(f'--metrics-detector: unknown detector {detector!r}; choose one of: '
+                            f'{", ".join(DETECTOR_CHOICES)}')
 
 
 def world_from_env() -> tuple[int, int, int]:
@@ -163,6 +183,23 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
     buffers = dict(G.named_buffers())
     for name, b_ema in G_ema.named_buffers():
         b_ema.copy_(buffers[name])
+
+
+# What non-finite gradient entries become before an optimiser step (StyleGAN2-ADA's training loop does the same).
+NONFINITE_GRAD_REPLACEMENT = dict(nan=0.0, posinf=1e5, neginf=-1e5)
+
+
+def sanitize_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Replace NaN/inf gradient entries in place (see NONFINITE_GRAD_REPLACEMENT) and return how many there
+    were, as a tensor on the gradients' device (no synchronisation). One overflow, e.g. in mixed precision,
+    then costs one step instead of the run."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros([])
+    count = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).sum()
+    for g in grads:
+        torch.nan_to_num(g, out=g, **NONFINITE_GRAD_REPLACEMENT)
+    return count
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -337,16 +374,30 @@ def _run_process(rank: int, world: int, local_rank: int, opts: dict, run_dir: st
     try:
         if run_dir is None:
             run_dir = dist.broadcast_object(_prepare_run_dir(opts) if rank == 0 else None)
-        trainer = Trainer(opts, run_dir, dist, device, tick_callback)
-        if rank == 0:
-            with rd.LogTee(os.path.join(run_dir, rd.LOG_FILE)):
+        try:
+            trainer = Trainer(opts, run_dir, dist, device, tick_callback)
+            if rank == 0:
+                with rd.LogTee(os.path.join(run_dir, rd.LOG_FILE)):
+                    trainer.run()
+            else:
                 trainer.run()
-        else:
-            trainer.run()
+        except BaseException:
+            _log_failure(run_dir, rank)
+            raise
     finally:
         if created_group:
             torch.distributed.destroy_process_group()
     return run_dir
+
+
+def _log_failure(run_dir: str, rank: int) -> None:
+    """Append the traceback of the exception being handled to the run's log.txt: the terminal shows one line,
+    the log keeps what is needed to diagnose a failure afterwards (also an intermittent one)."""
+    try:
+        with open(os.path.join(run_dir, rd.LOG_FILE), 'a', encoding='utf-8') as f:
+            f.write(f'\n{time.strftime("%Y-%m-%d %H:%M:%S")} process {rank} failed:\n{traceback.format_exc()}\n')
+    except OSError:
+        pass  # the run directory itself is the problem; the error still reaches the terminal
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -624,10 +675,14 @@ class Trainer:
         for r in range(self.rounds):
             loss, stats = compute(r)
             self._record(stats)
-            self._nonfinite |= ~torch.isfinite(loss.detach())
+            finite = torch.isfinite(loss.detach())
+            self._nonfinite |= ~finite
+            self._finite_seen |= finite
+            self._record({'Progress/nonfinite_losses': (~finite).float()})
             (loss * (gain / self.rounds)).backward()
         params = [p for m in modules for p in m.parameters()]
         self.dist.sync_grads(params)
+        self._record({'Progress/nonfinite_grads': sanitize_grads(params)})  # after the all-reduce: same everywhere
         opt.step()
         for m in modules:
             m.requires_grad_(False)
@@ -691,8 +746,15 @@ class Trainer:
                 out[key] = {'num': int(num), 'mean': mean, 'std': math.sqrt(max(sq / num - mean * mean, 0.0))}
         return out
 
+    def _start_tick_counters(self) -> None:
+        self._stats: dict[str, list] = {}
+        self._nonfinite = torch.zeros([], dtype=torch.bool, device=self.device)  # some loss was NaN/inf
+        self._finite_seen = torch.zeros([], dtype=torch.bool, device=self.device)  # some loss was finite
+
     def _check_finite(self) -> None:
-        bad = bool(self._nonfinite.item())
+        """Stop when a weight is NaN/inf, or when no loss of the tick was finite. A single non-finite loss (an
+        overflow) is not the end: its gradients were sanitised, and stats.jsonl counts it."""
+        bad = bool((self._nonfinite & ~self._finite_seen).item())
         if not bad:
             for m in self._trained_modules():
                 if any(not torch.isfinite(p).all() for p in m.parameters()):
@@ -780,8 +842,7 @@ class Trainer:
         if self.cur_nimg >= total_nimg:
             self.log(f'Nothing to do: the run already reached --kimg {opts["kimg"]}')
             return
-        self._stats: dict[str, list] = {}
-        self._nonfinite = torch.zeros([], dtype=torch.bool, device=self.device)
+        self._start_tick_counters()
         self._restore_process_state()  # last: setup above may have drawn random numbers
 
         from tqdm import tqdm
@@ -844,8 +905,7 @@ class Trainer:
             path = self._snapshot()
             if path:
                 self.log(f'Snapshot {path}')
-        self._stats = {}
-        self._nonfinite = torch.zeros([], dtype=torch.bool, device=self.device)
+        self._start_tick_counters()
         if self.tick_callback is not None:
             self.tick_callback(dict(rank=self.rank, world=self.world, cur_nimg=self.cur_nimg, cur_tick=self.cur_tick,
                                     done=done, stats=stats, snapshot=path, run_dir=self.run_dir, G=self.G_s,

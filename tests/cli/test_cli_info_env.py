@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from gan_prune.cli import main
+from gan_prune.errors import GanPruneError
 
 
 def run_cli(args, capsys):
@@ -87,3 +88,26 @@ def test_tf_and_pytorch_pickles_of_same_weights_print_same_tables(capsys, golden
     body = lambda text: [line for line in text.splitlines() if not line.startswith(('source:', 'format:'))]
     assert body(tf) == body(pt)
     assert 'b32' in tf and 'total' in tf
+
+
+@pytest.mark.parametrize('error, expected', [
+    (GanPruneError(''), 'GanPruneError: no message'),
+    (ValueError(), 'ValueError: no message'),
+    (KeyError(''), "KeyError: ''"),
+    (GanPruneError('first\nsecond'), 'first (more with --debug)'),
+    (RuntimeError('boom'), 'RuntimeError: boom'),
+])
+def test_one_line_is_never_empty(error, expected):
+    from gan_prune.cli import one_line
+    line = one_line(error)
+    assert line.startswith(expected) and '\n' not in line
+
+
+def test_empty_error_from_a_command_names_its_type(capsys, monkeypatch):
+    from gan_prune import compat
+
+    def fail():
+        raise GanPruneError('')
+    monkeypatch.setattr(compat, 'check_root', fail)
+    code, _, err = run_cli(['info', '--pkl', 'builtin:tiny32'], capsys)
+    assert code == 1 and err.strip().startswith('error: GanPruneError: no message')

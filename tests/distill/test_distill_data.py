@@ -180,3 +180,129 @@ def test_loader_worker_processes_give_the_same_batches(tmp_path):
     for _ in range(4):
         torch.testing.assert_close(in_process.next()[0], with_worker.next()[0], rtol=0, atol=0)
     with_worker.close()
+
+
+# -- one bad image: one line naming the file, in the main process or in a loader worker
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    import io
+    buf = io.BytesIO()
+    PIL.Image.fromarray(array).save(buf, format='PNG')
+    return buf.getvalue()
+
+
+def _huge_png_header() -> bytes:
+    """A well-formed small PNG file whose header declares 9000 x 9000 RGB pixels (its data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+    ihdr = struct.pack('>IIBBBBB', 9000, 9000, 8, 2, 0, 0, 0)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b'')) + chunk(b'IEND', b'')
+
+
+def _folder_with_bad_image(folder, case: str) -> str:
+    """Five good 8 px RGB images (0.png..4.png) and a bad one named 9-bad.png (sorted last)."""
+    os.makedirs(folder)
+    for i, image in enumerate(random_images(5)):
+        PIL.Image.fromarray(image).save(folder / f'{i}.png')
+    bad = folder / '9-bad.png'
+    if case == 'size':
+        bad.write_bytes(_png_bytes(random_images(1, res=16)[0]))
+    elif case == 'mode':
+        bad.write_bytes(_png_bytes(random_images(1, channels=1)[0]))
+    elif case == 'corrupt':
+        bad.write_bytes(_png_bytes(random_images(1)[0])[:60])
+    elif case == 'devzero':
+        os.symlink('/dev/zero', bad)
+    elif case == 'huge':
+        bad.write_bytes(_huge_png_header())
+    return str(folder)
+
+
+BAD_IMAGE_CASES = ['size', 'mode', 'corrupt', 'devzero', 'huge']
+
+
+@pytest.mark.parametrize('case', BAD_IMAGE_CASES)
+def test_bad_image_read_directly_names_the_file(tmp_path, case):
+    ds = ImageDataset(_folder_with_bad_image(tmp_path / 'set', case))
+    assert ds.image_names[-1] == '9-bad.png'
+    with pytest.raises(GanPruneError) as e:
+        ds[5]
+    assert '9-bad.png' in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('case', BAD_IMAGE_CASES)
+def test_bad_first_image_fails_when_the_dataset_opens(tmp_path, case):
+    folder = _folder_with_bad_image(tmp_path / 'set', case)
+    os.rename(os.path.join(folder, '9-bad.png'), os.path.join(folder, '0-bad.png'))
+    if case in ('size', 'mode'):
+        return  # a first image of another size or mode is simply the dataset's shape
+    with pytest.raises(GanPruneError) as e:
+        ImageDataset(folder)
+    assert '0-bad.png' in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+@pytest.mark.parametrize('case', ['mode', 'devzero', 'huge'])
+def test_bad_image_during_training_is_one_line_from_any_worker(tmp_path, case, workers):
+    ds = ImageDataset(_folder_with_bad_image(tmp_path / 'set', case))
+    src = RealImageSource(ds, batch_size=6, seed=0, workers=workers)  # every batch holds every image
+    try:
+        with pytest.raises(GanPruneError) as e:
+            src.next()
+    finally:
+        src.close()
+    message = str(e.value)
+    assert '9-bad.png' in message and '\n' not in message and 'Traceback' not in message
+
+
+def test_unexpected_error_in_a_worker_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    ds = ImageDataset(write_dataset_zip(tmp_path / 's.zip', random_images(4)))
+
+    def broken(raw_idx):
+        raise RuntimeError('decoder\nexploded')
+    monkeypatch.setattr(ds, '_load_raw_image', broken)
+    src = RealImageSource(ds, batch_size=2, seed=0, workers=1)
+    with pytest.raises(GanPruneError) as e:
+        src.next()
+    assert 'RuntimeError' in str(e.value) and 'img0000000' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_zip_member_over_the_size_bound_is_refused_before_reading(tmp_path, monkeypatch):
+    from gan_prune.distill import data
+    path = write_dataset_zip(tmp_path / 's.zip', random_images(2))
+    ds = ImageDataset(path)
+    monkeypatch.setattr(data, 'MAX_IMAGE_FILE_BYTES', 10)
+    with pytest.raises(GanPruneError, match=r'img00000001\.png.*more than'):
+        ds[1]
+
+
+def test_fifo_in_a_folder_dataset_does_not_block(tmp_path):
+    folder = _folder_with_bad_image(tmp_path / 'set', 'none')
+    os.mkfifo(os.path.join(folder, '9-bad.png'))
+    with pytest.raises(GanPruneError, match='not a regular file'):
+        ImageDataset(folder)[5]
+
+
+def test_each_process_opens_its_own_zip(tmp_path, monkeypatch):
+    ds = ImageDataset(write_dataset_zip(tmp_path / 's.zip', random_images(3)))
+    parent = ds._get_zip()
+    assert ds._get_zip() is parent
+    monkeypatch.setattr(os, 'getpid', lambda: -1)  # as in a forked loader worker
+    assert ds._get_zip() is not parent
+
+
+def test_two_forked_workers_read_a_zip_without_interfering(tmp_path):
+    # Forked workers once shared the parent's open zip file and its read position: reads interleaved and
+    # failed now and then (EOFError with an empty message, BadZipFile "File name in directory ... differ").
+    ds = ImageDataset(write_dataset_zip(tmp_path / 's.zip', random_images(24, res=32)), xflip=True)
+    ds[0]  # the main process has the zip open before the workers fork
+    expected = RealImageSource(ds, batch_size=8, seed=2, workers=0)
+    workers = RealImageSource(ds, batch_size=8, seed=2, workers=2)
+    try:
+        for _ in range(24):
+            torch.testing.assert_close(workers.next()[0], expected.next()[0], rtol=0, atol=0)
+    finally:
+        workers.close()

@@ -180,7 +180,7 @@ def test_one_step_trains_student_and_discriminators_never_the_teacher(files, tmp
     run_dir = rd.create_run_dir(tmp_path, 'step')
     trainer = loop.Trainer(opts, run_dir, loop.Dist(0, 1, torch.device('cpu')), torch.device('cpu'))
     trainer.setup()
-    trainer._stats, trainer._nonfinite = {}, torch.zeros([], dtype=torch.bool)
+    trainer._start_tick_counters()
     nets = {'G_t': trainer.G_t, 'G_s': trainer.G_s, 'D_s': trainer.D_s, 'D_t': trainer.D_t,
             'nickel': trainer.loss.nickel}
     before = {k: copy.deepcopy(m.state_dict()) for k, m in nets.items()}
@@ -196,6 +196,37 @@ def test_one_step_trains_student_and_discriminators_never_the_teacher(files, tmp
     assert all(not p.requires_grad for m in nets.values() for p in m.parameters())  # phases restore the flags
     assert {'Loss/G/dime', 'Loss/DS/nickel', 'Loss/G/pl_penalty', 'Loss/DS/r1_penalty',
             'Loss/DT/r1_penalty'} <= set(trainer._stats)
+
+
+def test_sanitize_grads_replaces_and_counts_like_stylegan2_ada():
+    a, b, c = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+    a.grad = torch.tensor([float('nan'), 1.0, float('inf')])
+    b.grad = torch.tensor([-float('inf'), 2.0, 3.0])
+    assert int(loop.sanitize_grads([a, b, c])) == 3
+    assert a.grad.tolist() == [0.0, 1.0, 1e5] and b.grad.tolist() == [-1e5, 2.0, 3.0] and c.grad is None
+
+
+def test_one_nonfinite_loss_costs_one_step_not_the_run(files, tmp_path):
+    opts = loop.resolve_options(base_options(files, tmp_path, dime=''))
+    trainer = loop.Trainer(opts, rd.create_run_dir(tmp_path, 'overflow'), loop.Dist(0, 1, torch.device('cpu')),
+                           torch.device('cpu'))
+    trainer.setup()
+    trainer._start_tick_counters()
+    generator_main = trainer.loss.generator_main
+    calls = []
+
+    def overflow_once(latents):  # as an fp16 overflow would: the loss and every gradient of G^S become NaN
+        loss, stats = generator_main(latents)
+        calls.append(1)
+        return (loss * float('nan') if len(calls) == 1 else loss), stats
+    trainer.loss.generator_main = overflow_once
+    trainer.train_step()
+    trainer.train_step()
+    assert all(torch.isfinite(p).all() for p in trainer.G_s.parameters())
+    stats = trainer._reduce_stats()
+    assert stats['Progress/nonfinite_grads']['num'] > 0 and stats['Progress/nonfinite_grads']['mean'] > 0
+    assert stats['Progress/nonfinite_losses']['mean'] * stats['Progress/nonfinite_losses']['num'] == 1
+    trainer._check_finite()  # does not raise: later losses were finite
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -281,6 +312,8 @@ def test_nan_guard_stops_and_keeps_the_last_good_snapshot(files, tmp_path):
     good = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
     assert all(torch.isfinite(p).all() for p in good['G'].parameters())
     assert load_state(run_dir)['cur_tick'] == 1
+    log = open(os.path.join(run_dir, rd.LOG_FILE)).read()  # the failure's traceback is kept for later diagnosis
+    assert 'process 0 failed' in log and 'Traceback' in log and 'GanPruneError: training diverged' in log
 
 
 @pytest.mark.slow

@@ -7,7 +7,11 @@ import pytest
 
 
 class LocalServer:
-    """Serves `routes` {path: (status, body, declared_length or None)} on 127.0.0.1 and counts requests."""
+    """Serves `routes` on 127.0.0.1 and counts requests.
+
+    A route is (status, body, declared_length or None), optionally with a 4th item of extra headers, or a
+    function handler -> None that writes the whole response itself (stalls, unusual encodings).
+    """
 
     def __init__(self, routes):
         self.routes = routes
@@ -18,9 +22,15 @@ class LocalServer:
             def do_GET(self):  # noqa: N802
                 path = self.path.split('#')[0]
                 server.hits[path] += 1
-                status, body, declared = server.routes.get(path, (404, b'not found', None))
+                route = server.routes.get(path, (404, b'not found', None))
+                if callable(route):
+                    route(self)
+                    return
+                status, body, declared, *extra = route
                 self.send_response(status)
                 self.send_header('Content-Length', str(declared if declared is not None else len(body)))
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)  # a short body with a longer declared length = a dropped connection
 

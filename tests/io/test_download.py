@@ -147,3 +147,84 @@ def test_load_network_pkl_over_http(tmp_path, serve_http):
         expected = G(z, None, noise_mode='const')
         assert torch.equal(data['G_ema'](z, None, noise_mode='const'), expected)
         assert torch.equal(again['G_ema'](z, None, noise_mode='const'), expected)
+
+
+# -- what the server sends never ends up in the cache as a valid file
+
+HTML = b'<!DOCTYPE html>\n<html><body>Sign in to continue</body></html>'
+
+
+def _gzip_bomb_handler(inflated_bytes):
+    import gzip
+    body = gzip.compress(b'\0' * inflated_bytes, compresslevel=1)
+
+    def handle(handler):
+        handler.send_response(200)
+        handler.send_header('Content-Encoding', 'gzip')
+        handler.send_header('Content-Length', str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+    return handle, len(body)
+
+
+def _trickle_handler(handler):
+    """Announces 1000 bytes, then sends one byte every 0.1 s: no single read ever waits long."""
+    import time
+    handler.send_response(200)
+    handler.send_header('Content-Length', '1000')
+    handler.end_headers()
+    try:
+        for _ in range(100):
+            handler.wfile.write(b'x')
+            handler.wfile.flush()
+            time.sleep(0.1)
+    except OSError:
+        pass  # the client gave up
+
+
+def test_html_page_is_refused_by_content_type_or_content(serve_http, tmp_path, fast_retries):
+    s = serve_http({'/typed.pkl': (200, HTML, None, {'Content-Type': 'text/html; charset=utf-8'}),
+                    '/sniffed.pkl': (200, b'\n  ' + HTML, None, {'Content-Type': 'application/octet-stream'})})
+    for route in ('/typed.pkl', '/sniffed.pkl'):
+        with pytest.raises(GanPruneError, match='web page') as info:
+            download.download(s.base + route, cache_dir=tmp_path, progress=False)
+        assert '\n' not in str(info.value)
+        assert s.hits[route] == 1  # not retried: asking again gives the same page
+    assert _files(tmp_path) == []
+
+
+def test_gzip_bomb_is_refused(serve_http, tmp_path, fast_retries):
+    handle, wire_bytes = _gzip_bomb_handler(64 << 20)
+    s = serve_http({'/bomb.pkl': handle})
+    with pytest.raises(GanPruneError, match='decompression bomb') as info:
+        download.download(s.base + '/bomb.pkl', cache_dir=tmp_path, progress=False)
+    assert '\n' not in str(info.value) and s.hits['/bomb.pkl'] == 1
+    assert _files(tmp_path) == []
+
+
+def test_gzip_coded_file_that_is_not_a_bomb_downloads(serve_http, tmp_path):
+    import gzip
+    body = gzip.compress(PAYLOAD)
+    s = serve_http({'/coded.pkl': (200, body, None, {'Content-Encoding': 'gzip'})})
+    path = download.download(s.base + '/coded.pkl', cache_dir=tmp_path, progress=False)
+    assert open(path, 'rb').read() == PAYLOAD
+
+
+def test_short_gzip_body_is_incomplete(serve_http, tmp_path, fast_retries):
+    import gzip
+    body = gzip.compress(PAYLOAD)
+    s = serve_http({'/cut.pkl': (200, body[:len(body) // 2], len(body), {'Content-Encoding': 'gzip'})})
+    with pytest.raises(GanPruneError, match='could not download'):
+        download.download(s.base + '/cut.pkl', cache_dir=tmp_path, progress=False, num_attempts=1)
+    assert _files(tmp_path) == []
+
+
+def test_trickling_server_hits_the_overall_deadline(serve_http, tmp_path, fast_retries):
+    import time
+    s = serve_http({'/slow.pkl': _trickle_handler})
+    start = time.monotonic()
+    with pytest.raises(GanPruneError, match='deadline') as info:
+        download.download(s.base + '/slow.pkl', cache_dir=tmp_path, progress=False, timeout=5, deadline=1.0)
+    assert time.monotonic() - start < 4  # well before the per-read timeout could ever fire
+    assert 'of 1000 bytes' in str(info.value) and '\n' not in str(info.value)
+    assert _files(tmp_path) == []

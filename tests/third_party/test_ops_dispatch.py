@@ -1,5 +1,8 @@
 """Implementation selection, logging, and agreement of the fast paths with the literal op definitions."""
+import glob
 import logging
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -432,3 +435,76 @@ def test_get_plugin_turns_build_failures_into_one_clear_error(tmp_path, monkeypa
     with pytest.raises(custom_ops.PluginUnavailableError, match='expected declaration'):
         custom_ops.get_plugin('broken_plugin', sources=[str(source)])
     assert 'broken_plugin' not in custom_ops._cached_plugins
+
+
+def test_build_dir_is_keyed_by_the_cpu_instruction_set(tmp_path, monkeypatch):
+    source = tmp_path / 'op.cpp'
+    source.write_text('int answer() { return 42; }\n')
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path / 'ext'))
+    dirs = {}
+    for isa in ('x86_64:AVX2:avx,avx2,fma', 'x86_64:AVX512:avx,avx2,avx512f,fma', 'x86_64:AVX2:avx,avx2,fma'):
+        monkeypatch.setattr(custom_ops, 'cpu_isa', lambda isa=isa: isa)
+        dirs.setdefault(isa, set()).add(custom_ops._build_dir('isa_plugin', [str(source)], {}))
+    assert all(len(d) == 1 for d in dirs.values())  # the same machine keeps its key
+    assert dirs['x86_64:AVX2:avx,avx2,fma'] != dirs['x86_64:AVX512:avx,avx2,avx512f,fma']
+    # An AVX-512 library in the cache is not one an AVX2 machine loads.
+    monkeypatch.setattr(custom_ops, 'cpu_isa', lambda: 'x86_64:AVX512:avx,avx2,avx512f,fma')
+    built = custom_ops._build_dir('isa_plugin', [str(source)], {})
+    os.makedirs(built)
+    (tmp_path / 'ext' / os.path.basename(built) / 'isa_plugin.so').write_bytes(b'')
+    assert custom_ops.is_built('isa_plugin', [str(source)])
+    monkeypatch.setattr(custom_ops, 'cpu_isa', lambda: 'x86_64:AVX2:avx,avx2,fma')
+    assert not custom_ops.is_built('isa_plugin', [str(source)])
+
+
+def test_cpu_isa_names_the_vector_extensions(monkeypatch):
+    monkeypatch.setattr(custom_ops, '_cpuinfo_flags', lambda: ['fpu', 'avx2', 'fma', 'ht', 'avx512f'])
+    isa = custom_ops.cpu_isa()
+    assert 'avx2' in isa and 'avx512f' in isa and 'fma' in isa and 'ht' not in isa.split(':')[-1].split(',')
+
+
+TINY_EXTENSION = '''
+#include <Python.h>
+#define JOIN(a, b) a##b
+#define INIT(name) JOIN(PyInit_, name)
+static PyObject* answer(PyObject*, PyObject*) { return PyLong_FromLong(42); }
+static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, nullptr}, {nullptr, nullptr, 0, nullptr}};
+static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "tiny", nullptr, -1, methods};
+PyMODINIT_FUNC INIT(TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&definition); }
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='builds a tiny extension with the system compiler')
+def test_leftovers_of_a_killed_build_neither_block_nor_load(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import torch.utils.cpp_extension as cpp_extension
+    source = tmp_path / 'tiny.cpp'
+    source.write_text(TINY_EXTENSION)
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path / 'ext'))
+    monkeypatch.setattr(custom_ops, 'verbosity', 'none')
+    monkeypatch.setattr(custom_ops, '_cached_plugins', {})
+    build_dir = custom_ops._build_dir('tiny_plugin', [str(source)], {})
+    # What a build killed half-way leaves: the old-style lock file and half the objects in the cache folder, and
+    # a private build folder of a process that is gone.
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    os.makedirs(build_dir)
+    (tmp_path / 'ext' / os.path.basename(build_dir) / 'lock').write_bytes(b'')
+    (tmp_path / 'ext' / os.path.basename(build_dir) / 'tiny.o').write_bytes(b'half')
+    abandoned = f'{build_dir}.build-{socket.gethostname()}-{dead.pid}-x1y2'
+    os.makedirs(abandoned)
+    open(os.path.join(abandoned, 'lock'), 'w').close()
+    if custom_ops._missing_tools([str(source)]) is not None:
+        pytest.skip('no build tools here')
+    assert not custom_ops.is_built('tiny_plugin', [str(source)])  # objects are not a library
+    module = custom_ops.get_plugin('tiny_plugin', sources=[str(source)])
+    assert module.answer() == 42
+    assert not os.path.exists(abandoned)
+    assert custom_ops.is_built('tiny_plugin', [str(source)])
+    assert not glob.glob(build_dir + '.build-*')  # the private folder is gone after the rename
+    # Next process: loads the cached library, never the build tools.
+    monkeypatch.setattr(custom_ops, '_cached_plugins', {})
+    monkeypatch.setattr(cpp_extension, 'load', lambda *a, **k: pytest.fail('rebuilt a cached library'))
+    monkeypatch.setattr(cpp_extension, 'is_ninja_available', lambda: False)
+    assert custom_ops.get_plugin('tiny_plugin', sources=[str(source)]).answer() == 42

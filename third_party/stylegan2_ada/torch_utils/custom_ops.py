@@ -4,14 +4,22 @@ The bundled ops do not need any plugin: they are pure PyTorch. get_plugin() is k
 own kernels. When the tools are missing (ninja, a C++ compiler, nvcc/CUDA for .cu sources) it raises
 PluginUnavailableError with one line saying what is missing, before attempting a build, so callers can fall
 back to a pure-PyTorch path instead of crashing.
+
+Builds are cached on disk in a folder named by a digest of the sources, the build options and the CPU's
+instruction-set extensions (a cache shared between machines never hands an AVX-512 build to an AVX2 machine).
+Each build runs in a private temporary folder and only the finished library is renamed into the cache, so a
+build killed half-way leaves nothing that a later run waits for or loads; a cached library is loaded directly.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
 import importlib
+import importlib.util
 import os
 import shutil
+import socket
+import tempfile
 from typing import Dict, List, Optional
 
 import torch
@@ -19,6 +27,12 @@ import torch
 verbosity = 'brief'  # 'none', 'brief' (one line per build) or 'full' (compiler output)
 
 _cached_plugins: Dict[str, object] = {}
+
+# /proc/cpuinfo flags that name instruction-set extensions a compiler may use with -march=native (x86 and Arm).
+_ISA_FLAG_PREFIXES = ('sse', 'ssse', 'avx', 'fma', 'f16c', 'bmi', 'amx', 'aes', 'vaes', 'sha', 'gfni', 'vpclmul',
+                      'popcnt', 'abm', 'lzcnt', 'movbe', 'adx', 'asimd', 'sve', 'fp', 'neon')
+_LIBRARY_SUFFIXES = ('.so', '.pyd')
+_BUILD_TAG = '.build-'  # temporary build folders: <final>.build-<host>-<pid>-<random>
 
 
 class PluginUnavailableError(RuntimeError):
@@ -61,14 +75,37 @@ def _missing_tools(sources: List[str]) -> Optional[str]:
     return None
 
 
+def _cpuinfo_flags() -> List[str]:
+    """The CPU feature flags from /proc/cpuinfo ('flags' on x86, 'Features' on Arm); [] where there is none."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() in ('flags', 'Features'):
+                    return value.split()
+    except OSError:
+        pass
+    return []
+
+
+def cpu_isa() -> str:
+    """The instruction sets of this CPU that a -march=native build may depend on, as a stable string."""
+    import platform
+    capability = torch.backends.cpu.get_cpu_capability()
+    extensions = sorted({f for f in _cpuinfo_flags() if f.startswith(_ISA_FLAG_PREFIXES)})
+    return f'{platform.machine()}:{capability}:{",".join(extensions)}'
+
+
 def _source_digest(sources: List[str], build_kwargs: dict) -> str:
-    """Hash of the source files' contents and the build options: a new build dir whenever either changes."""
+    """Hash of the source files' contents, the build options and the CPU's instruction sets: a new build dir
+    whenever one of them changes."""
     digest = hashlib.md5()
     for src in sorted(sources):
         digest.update(os.path.basename(src).encode('utf-8'))
         with open(src, 'rb') as f:
             digest.update(f.read())
     digest.update(repr(sorted((k, repr(v)) for k, v in build_kwargs.items())).encode('utf-8'))
+    digest.update(cpu_isa().encode('utf-8'))
     return digest.hexdigest()
 
 
@@ -79,15 +116,73 @@ def _build_dir(module_name: str, sources: List[str], build_kwargs: dict) -> str:
     return os.path.join(build_root, f'{module_name}_{_source_digest(sources, build_kwargs)[:16]}')
 
 
+def _cached_library(build_dir: str, module_name: str) -> Optional[str]:
+    """The finished library of `module_name` in `build_dir`, or None (a folder may hold only a lock or objects)."""
+    for suffix in _LIBRARY_SUFFIXES:
+        found = sorted(glob.glob(os.path.join(glob.escape(build_dir), f'{module_name}*{suffix}')))
+        if found:
+            return found[0]
+    return None
+
+
 def is_built(module_name: str, sources: List[str], **build_kwargs) -> bool:
     """Whether get_plugin() with these arguments will load a library built earlier (no compilation)."""
-    import sysconfig
     sources = [os.path.abspath(src) for src in sources]
     if not all(os.path.isfile(src) for src in sources):
         return False
-    stem = os.path.join(_build_dir(module_name, sources, build_kwargs), module_name)
-    suffixes = ['.pyd' if os.name == 'nt' else '.so', sysconfig.get_config_var('EXT_SUFFIX') or '.so']
-    return any(os.path.isfile(stem + suffix) for suffix in suffixes)
+    return _cached_library(_build_dir(module_name, sources, build_kwargs), module_name) is not None
+
+
+def _load_library(path: str, is_python_module: bool):
+    """Import a built extension (its module name is the file's stem) or load a library of torch ops."""
+    if not is_python_module:
+        torch.ops.load_library(path)
+        return path
+    name = os.path.basename(path).split('.')[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_abandoned_builds(build_dir: str) -> None:
+    """Delete temporary build folders of this build left by processes of this host that no longer run."""
+    host = socket.gethostname()
+    for path in glob.glob(glob.escape(build_dir) + _BUILD_TAG + '*'):
+        owner = os.path.basename(path)[len(os.path.basename(build_dir) + _BUILD_TAG):].rsplit('-', 2)
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _pid_alive(int(owner[1])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _build_into_cache(module_name: str, sources: List[str], build_dir: str, build_kwargs: dict):
+    """Build in a private folder next to `build_dir`, then rename the finished library into `build_dir`."""
+    from torch.utils import cpp_extension
+    os.makedirs(os.path.dirname(build_dir), exist_ok=True)
+    _remove_abandoned_builds(build_dir)
+    private = tempfile.mkdtemp(dir=os.path.dirname(build_dir),
+                               prefix=f'{os.path.basename(build_dir)}{_BUILD_TAG}{socket.gethostname()}-{os.getpid()}-')
+    try:
+        module = cpp_extension.load(name=module_name, sources=sources, build_directory=private,
+                                    verbose=(verbosity == 'full'), **build_kwargs)
+        if module is None:  # is_python_module=False builds only load the library
+            module = importlib.import_module(module_name)
+        built = _cached_library(private, module_name)
+        if built is not None:
+            os.makedirs(build_dir, exist_ok=True)
+            os.replace(built, os.path.join(build_dir, os.path.basename(built)))
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return module
 
 
 def get_plugin(module_name: str, sources: List[str], **build_kwargs):
@@ -104,22 +199,22 @@ def get_plugin(module_name: str, sources: List[str], **build_kwargs):
     missing = [src for src in sources if not os.path.isfile(src)]
     if missing:
         raise PluginUnavailableError(f'cannot build {module_name}: source file {missing[0]} does not exist')
-    problem = _missing_tools(sources)
-    if problem is not None:
-        raise PluginUnavailableError(f'cannot build {module_name}: {problem}')
+    build_dir = _build_dir(module_name, sources, build_kwargs)
+    cached = _cached_library(build_dir, module_name)
+    if cached is None:
+        problem = _missing_tools(sources)  # a library built earlier loads without the build tools
+        if problem is not None:
+            raise PluginUnavailableError(f'cannot build {module_name}: {problem}')
 
-    from torch.utils import cpp_extension
     if verbosity == 'full':
         print(f'Building custom op "{module_name}"...', flush=True)
     elif verbosity == 'brief':
         print(f'Building custom op "{module_name}"... ', end='', flush=True)
     try:
-        build_dir = _build_dir(module_name, sources, build_kwargs)
-        os.makedirs(build_dir, exist_ok=True)
-        module = cpp_extension.load(name=module_name, sources=sources, build_directory=build_dir,
-                                    verbose=(verbosity == 'full'), **build_kwargs)
-        if module is None:  # is_python_module=False builds only load the library
-            module = importlib.import_module(module_name)
+        if cached is not None:
+            module = _load_library(cached, build_kwargs.get('is_python_module', True))
+        else:
+            module = _build_into_cache(module_name, sources, build_dir, build_kwargs)
     except Exception as error:
         if verbosity == 'brief':
             print('failed', flush=True)
