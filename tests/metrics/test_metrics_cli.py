@@ -131,7 +131,7 @@ def test_cli_errors_are_one_line(toy_networks, toy_dataset, capsys):
         (['--pkl', 'toy:bad', '--num-gen', '4'], 'no reference'),
         (['--pkl', 'toy:good', '--data', toy_dataset, '--ref-pkl', 'toy:teacher'], 'not both'),
         (['--pkl', 'toy:good', '--data', toy_dataset, '--metrics', 'fid,ppl'], 'unknown metric'),
-        (['--pkl', 'toy:good', '--data', toy_dataset, '--detector', 'inception:/nonexistent.pt'], 'not found'),
+        (['--pkl', 'toy:good', '--data', toy_dataset, '--detector', 'inception:/nonexistent.pt'], 'no Inception detector file'),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as exc:

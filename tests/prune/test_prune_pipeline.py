@@ -127,7 +127,7 @@ def test_cli_prune_and_errors(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'gan_prune', 'prune', '--pkl', str(src), '--out', str(out),
                            '--rate', '1.5'], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert proc.stderr.strip().count('\n') == 0 and 'outside [0, 1)' in proc.stderr
+    assert proc.stderr.strip().count('\n') == 0 and 'between 0 and 1' in proc.stderr
     proc = subprocess.run([sys.executable, '-m', 'gan_prune', 'prune', '--pkl', str(src), '--out', str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and '--rate' in proc.stderr and proc.stderr.strip().count('\n') == 0
