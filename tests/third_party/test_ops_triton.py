@@ -25,9 +25,13 @@ DEVICE = 'cuda' if HAS_CUDA else 'cpu'
 
 @pytest.fixture(autouse=True)
 def fused_on_this_device(monkeypatch):
-    monkeypatch.setenv(fused.CPU_VARIABLE, '1')
+    """The kernels for DEVICE tensors: CUDA ones where there is a GPU, else CPU ones under the interpreter."""
+    if HAS_CUDA:
+        monkeypatch.delenv(fused.CPU_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(fused.CPU_VARIABLE, '1')
     monkeypatch.delenv(fused.GPU_OPS_VARIABLE, raising=False)
-    assert fused.load() is not None, f'fused kernels did not load: {fused.status("cpu")}'
+    assert fused.load() is not None, f'fused kernels did not load: {fused.status(DEVICE)}'
 
 
 def _grads(outputs, inputs, grad_outputs, create_graph=False):
@@ -265,8 +269,7 @@ def test_describe_names_the_fused_kernels():
 
 @pytest.mark.cuda
 @needs_cuda
-def test_cuda_kernels_are_used_by_default_and_match_cpu(monkeypatch):
-    monkeypatch.delenv(fused.CPU_VARIABLE)
+def test_cuda_kernels_are_used_by_default_and_match_cpu():
     x = torch.randn([4, 16, 33, 17])
     b = torch.randn([16])
     f = upfirdn2d.setup_filter([1, 3, 3, 1])
