@@ -274,10 +274,8 @@ def test_cuda_kernels_are_used_by_default_and_match_cpu():
     b = torch.randn([16])
     f = upfirdn2d.setup_filter([1, 3, 3, 1])
     assert fused.kernels_for(x.cuda()) is not None
-    for half in (False, True):
-        xc = x.cuda().half() if half else x.cuda()
-        bc = b.cuda().half() if half else b.cuda()
-        tol = 1e-2 if half else 1e-5
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)):
+        xc, bc = x.cuda().to(dtype), b.cuda().to(dtype)
         _close(bias_act.bias_act(xc, bc, act='lrelu', clamp=0.5), bias_act.bias_act(x, b, act='lrelu', clamp=0.5),
                tol)
         _close(upfirdn2d.upsample2d(xc, f.cuda()), upfirdn2d.upsample2d(x, f), tol)
