@@ -137,7 +137,7 @@ def time_config(work: str, plan: dict, config: str, embedder: str) -> dict:
                    data=os.path.join(work, 'data.zip'), outdir=os.path.join(work, 'runs'), batch=plan['batch'],
                    kimg=1000, workers=2, device=plan['device'], dime=embedder,
                    dime_stats_samples=plan['stats_samples'], mirror=True, seed=0, trust=True, **overrides)
-    device = torch.device(plan['device'])
+    device = loop.resolve_device(plan['device'], 0)
     opts = loop.resolve_options(options)
     run_dir = rd.create_run_dir(options['outdir'], f'{config}-{os.environ.get("TORCH_UTILS_GPU_OPS", "triton")}')
     started = time.perf_counter()
