@@ -38,6 +38,11 @@ def environment_report() -> dict:
     except Exception as e:  # pylint: disable=broad-except
         report['ops'] = f'unavailable: {e}'
     try:
+        plugin_mode = report['compat']['implementation'].endswith('(plugin mode)')
+        report['fused_ops'] = fused_ops_report(report['default_device'], plugin_mode)
+    except Exception as e:  # pylint: disable=broad-except
+        report['fused_ops'] = dict(implementation='unknown', compiled='unknown', detail=f'unavailable: {e}')
+    try:
         from gan_prune.io import download
         report['cache_dir'] = download.cache_dir()
     except Exception as e:  # pylint: disable=broad-except
@@ -45,6 +50,41 @@ def environment_report() -> dict:
     report['weights_search_path'] = weights.search_dirs()
     report['weights_found'] = {model: weights.resolve_weights(name) for model, name in weights.KNOWN_FILES.items()}
     return report
+
+
+def fused_ops_report(device_type: str, plugin_mode: bool) -> dict:
+    """Which bias_act / upfirdn2d implementation CUDA tensors get, and whether its kernels compiled here.
+
+    implementation: 'ours (Triton)', "NVIDIA's (plugin mode)" or 'plain PyTorch'. compiled: 'yes' (a tiny call
+    of both ops ran on the GPU), 'failed: ...', 'not built yet (builds on first use)' or 'not needed'.
+    """
+    from torch_utils import ops
+    if plugin_mode:
+        bias_act = ops.bias_act
+        built = getattr(bias_act, '_plugin', None) is not None
+        return dict(implementation="NVIDIA's (plugin mode)", compiled='yes' if built else
+                    'not built yet (builds on first use)', detail='')
+    from torch_utils.ops import fused
+    status = fused.status(device_type)
+    if status['implementation'] != 'triton':
+        return dict(implementation='plain PyTorch', compiled='not needed', detail=status['reason'])
+    return dict(implementation='ours (Triton)', compiled=_try_fused_kernels(device_type), detail=status['triton'])
+
+
+def _try_fused_kernels(device_type: str) -> str:
+    """Run both fused ops once on a tiny tensor (this compiles them); 'yes' or 'failed: <one line>'."""
+    import torch
+    from torch_utils.ops import bias_act, fused, upfirdn2d
+    try:
+        x = torch.ones([1, 2, 4, 4], device=device_type)
+        bias_act.bias_act(x, torch.zeros([2], device=device_type), act='lrelu')
+        upfirdn2d.upsample2d(x, upfirdn2d.setup_filter([1, 3, 3, 1], device=device_type))
+    except Exception as error:  # pylint: disable=broad-except
+        lines = str(error).strip().splitlines()
+        return f'failed: {type(error).__name__}: {lines[-1] if lines else ""}'
+    if fused.status(device_type)['implementation'] != 'triton':  # a compile failure switched them off
+        return f'failed: {fused.status(device_type)["reason"]}'
+    return 'yes'
 
 
 @click.command('env')
@@ -67,6 +107,9 @@ def command(as_json: bool) -> None:
         click.echo('ops:        ' + '; '.join(f'{k}: {v}' for k, v in ops.items()))
     else:
         click.echo(f'ops:        {ops}')
+    fused_ops = report['fused_ops']
+    detail = f' ({fused_ops["detail"]})' if fused_ops['detail'] else ''
+    click.echo(f'fused ops:  {fused_ops["implementation"]}{detail}; compiled: {fused_ops["compiled"]}')
     click.echo(f'cache dir:  {report["cache_dir"]}')
     click.echo('weights:    searched in ' + ', '.join(report['weights_search_path']))
     for model, path in report['weights_found'].items():

@@ -750,6 +750,8 @@ class Trainer:
         self._stats: dict[str, list] = {}
         self._nonfinite = torch.zeros([], dtype=torch.bool, device=self.device)  # some loss was NaN/inf
         self._finite_seen = torch.zeros([], dtype=torch.bool, device=self.device)  # some loss was finite
+        if self.device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(self.device)  # Resources/peak_gpu_mem_gb is per tick
 
     def _check_finite(self) -> None:
         """Stop when a weight is NaN/inf, or when no loss of the tick was finite. A single non-finite loss (an
@@ -881,6 +883,8 @@ class Trainer:
         return ', '.join(parts)
 
     def _end_tick(self, tick_start_nimg: int, tick_start_time: float, done: bool) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)  # the tick's kernels have finished before its time is taken
         self._check_finite()
         tick_time = time.time() - tick_start_time
         self.elapsed += tick_time
@@ -893,6 +897,8 @@ class Trainer:
             'Progress/nimg': rd.summarize([self.cur_nimg]), 'Timing/sec_per_tick': rd.summarize([tick_time]),
             'Timing/sec_per_kimg': rd.summarize([sec_per_kimg]), 'Timing/total_sec': rd.summarize([self.elapsed]),
         })
+        if self.device.type == 'cuda':
+            stats['Resources/peak_gpu_mem_gb'] = rd.summarize([torch.cuda.max_memory_allocated(self.device) / 2**30])
         losses = '  '.join(f'{k.split("/", 1)[1]} {v["mean"]:.4f}' for k, v in stats.items()
                            if k.startswith('Loss/') and k.endswith('/main'))
         self.log(f'tick {self.cur_tick:<5d} kimg {self.cur_nimg / 1000:<9.3f} time {_format_time(self.elapsed):<10s} '

@@ -107,8 +107,11 @@ def discriminator_adversarial(fake_logits: torch.Tensor, real_logits: torch.Tens
 
 def r1_penalty(real_logits: torch.Tensor, real_img: torch.Tensor) -> torch.Tensor:
     """Per-sample squared norm of dD(x)/dx at the real images (Mescheder et al. 2018); keeps the graph."""
-    (grads,) = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real_img], create_graph=True,
-                                   only_inputs=True)
+    from torch_utils.ops import conv2d_gradfix
+    # Only the gradient with respect to the images is asked for here; the weights get theirs from the penalty.
+    with conv2d_gradfix.no_weight_gradients():
+        (grads,) = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real_img], create_graph=True,
+                                       only_inputs=True)
     return grads.square().sum(dim=[1, 2, 3])
 
 

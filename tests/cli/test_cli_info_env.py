@@ -111,3 +111,14 @@ def test_empty_error_from_a_command_names_its_type(capsys, monkeypatch):
     monkeypatch.setattr(compat, 'check_root', fail)
     code, _, err = run_cli(['info', '--pkl', 'builtin:tiny32'], capsys)
     assert code == 1 and err.strip().startswith('error: GanPruneError: no message')
+
+
+def test_env_names_the_fused_ops_implementation(capsys, monkeypatch):
+    monkeypatch.setenv('TORCH_UTILS_GPU_OPS', 'torch')
+    report = json.loads(run_ok(['env', '--json'], capsys))
+    assert report['fused_ops']['implementation'] == 'plain PyTorch'
+    assert 'TORCH_UTILS_GPU_OPS=torch' in report['fused_ops']['detail']
+    monkeypatch.delenv('TORCH_UTILS_GPU_OPS')
+    text = run_ok(['env'], capsys)
+    expected = 'ours (Triton)' if report['default_device'] == 'cuda' else 'plain PyTorch'
+    assert f'fused ops:  {expected}' in text and 'compiled:' in text

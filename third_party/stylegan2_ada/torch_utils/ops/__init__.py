@@ -1,7 +1,8 @@
 """Low-level ops used by the StyleGAN2-ADA networks: bias_act, upfirdn2d, conv2d_resample, fma, gradfix convs.
 
-These ops are pure PyTorch: the reference path runs on CPU tensors, and on CUDA tensors `impl='cuda'`
-selects the torch-native fast path. One addition has compiled code: narrow_conv, CPU kernels for the float32
+The reference path is pure PyTorch and runs on CPU tensors. On CUDA tensors `impl='cuda'` selects our fused
+Triton kernels for bias_act and upfirdn2d (fused.py says how to switch them off; where Triton cannot load,
+the torch-native path runs). One more addition has compiled code: narrow_conv, CPU kernels for the float32
 inference of narrow synthesis layers, built on first use and skipped (with the PyTorch path kept) wherever
 they cannot be built. Which path ran is logged once per process per (op, device type) on the logger
 'torch_utils.ops' at INFO level.

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import dnnlib
 
-from . import report_implementation
+from . import fused, report_implementation
 
 _IMPLS = ('ref', 'cuda')
 
@@ -81,11 +81,40 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     """
     assert isinstance(x, torch.Tensor), 'x must be a tensor'
     assert impl in _IMPLS, f'impl must be one of {_IMPLS}'
+    kernels = fused.kernels_for(x) if impl == 'cuda' else None
+    if kernels is not None:
+        y = _bias_act_fused(kernels, x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+        if y is not None:
+            report_implementation('bias_act', x.device.type, describe(x.device.type))
+            return y
     if impl == 'cuda' and x.device.type == 'cuda':
         report_implementation('bias_act', x.device.type, describe(x.device.type))
     else:
         report_implementation('bias_act', x.device.type, _REF_DESCRIPTION)
     return _bias_act_native(x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+
+
+def _bias_act_fused(kernels, x: torch.Tensor, b: Optional[torch.Tensor], dim: int, act: str,
+                    alpha: Optional[float], gain: Optional[float], clamp: Optional[float]) -> Optional[torch.Tensor]:
+    """bias_act through the fused kernels; None if they failed to compile (then disabled for this process)."""
+    assert clamp is None or clamp >= 0, 'clamp must be None or >= 0'
+    spec = activation_funcs[act]
+    alpha = float(alpha if alpha is not None else spec.def_alpha)
+    gain = float(gain if gain is not None else spec.def_gain)
+    if x.ndim:
+        assert -x.ndim <= dim < x.ndim, 'dim out of range'
+        dim = dim % x.ndim
+    if b is not None:
+        assert isinstance(b, torch.Tensor) and b.ndim == 1, 'b must be a 1-D tensor'
+        assert b.shape[0] == x.shape[dim], f'b has {b.shape[0]} entries, x.shape[{dim}] is {x.shape[dim]}'
+        b = b.contiguous()
+    try:
+        return kernels.bias_act_op(x, b, dim, act, alpha, gain, float(clamp if clamp is not None else -1))
+    except Exception as error:  # pylint: disable=broad-except
+        if not kernels.is_compile_error(error):
+            raise
+        fused.disable(f'bias_act kernel failed to compile: {kernels.one_line(error)}')
+        return None
 
 
 def _bias_act_native(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = 'linear',
@@ -161,5 +190,5 @@ _REF_DESCRIPTION = 'reference path (pure PyTorch; in place when no gradient is n
 def describe(device_type: str) -> str:
     """One line for torch_utils.ops.describe_implementation()."""
     if device_type == 'cuda':
-        return 'torch-native CUDA kernels (no compiled plugin)'
-    return _REF_DESCRIPTION
+        return fused.describe('bias_act', device_type, 'torch-native CUDA kernels (no compiled plugin)')
+    return fused.describe('bias_act', device_type, _REF_DESCRIPTION)

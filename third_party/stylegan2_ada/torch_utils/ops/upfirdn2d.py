@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import conv2d_gradfix
-from . import report_implementation
+from . import fused, report_implementation
 
 IntOrPair = Union[int, Sequence[int]]
 Padding = Union[int, Sequence[int]]
@@ -115,11 +115,33 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntOrPair = 1, dow
     """
     assert isinstance(x, torch.Tensor), 'x must be a tensor'
     assert impl in _IMPLS, f'impl must be one of {_IMPLS}'
+    kernels = fused.kernels_for(x) if impl == 'cuda' and f is not None else None
+    if kernels is not None:
+        y = _upfirdn2d_fused(kernels, x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+        if y is not None:
+            report_implementation('upfirdn2d', x.device.type, describe(x.device.type))
+            return y
     if impl == 'cuda' and x.device.type == 'cuda':
         report_implementation('upfirdn2d', x.device.type, describe(x.device.type))
     else:
         report_implementation('upfirdn2d', x.device.type, _REF_DESCRIPTION)
     return _upfirdn2d_native(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+
+
+def _upfirdn2d_fused(kernels, x: torch.Tensor, f: torch.Tensor, up: IntOrPair, down: IntOrPair, padding: Padding,
+                     flip_filter: bool, gain: float) -> Optional[torch.Tensor]:
+    """upfirdn2d through the fused kernel; None if it failed to compile (then disabled for this process)."""
+    assert x.ndim == 4, 'x must be [N, C, H, W]'
+    assert isinstance(f, torch.Tensor) and f.ndim in (1, 2), 'f must be None or a 1-D/2-D tensor (see setup_filter)'
+    assert f.dtype == torch.float32 and not f.requires_grad, 'f must be float32 with requires_grad=False'
+    try:
+        return kernels.upfirdn2d(x, f, _parse_scaling(up), _parse_scaling(down), list(_parse_padding(padding)),
+                                 bool(flip_filter), float(gain))
+    except Exception as error:  # pylint: disable=broad-except
+        if not kernels.is_compile_error(error):
+            raise
+        fused.disable(f'upfirdn2d kernel failed to compile: {kernels.one_line(error)}')
+        return None
 
 
 def _upfirdn2d_native(x: torch.Tensor, f: Optional[torch.Tensor], up: IntOrPair = 1, down: IntOrPair = 1,
@@ -307,8 +329,8 @@ _REF_DESCRIPTION = 'reference path (pure PyTorch depthwise convolutions, no zero
 def describe(device_type: str) -> str:
     """One line for torch_utils.ops.describe_implementation()."""
     if device_type == 'cuda':
-        return 'torch-native CUDA kernels (no compiled plugin)'
-    return _REF_DESCRIPTION
+        return fused.describe('upfirdn2d', device_type, 'torch-native CUDA kernels (no compiled plugin)')
+    return fused.describe('upfirdn2d', device_type, _REF_DESCRIPTION)
 
 
 # ------------------------------------------------------------------------------------------------------------------
