@@ -105,7 +105,7 @@ def test_snapshot_is_an_nvidia_format_pickle(tmp_path):
                            synthesis_kwargs=dnnlib.EasyDict(channel_base=64, channel_max=8))
     D = networks.Discriminator(c_dim=0, img_resolution=8, img_channels=3, channel_base=64, channel_max=8)
     G.requires_grad_(True).train()
-    path = rd.save_snapshot(str(tmp_path), 12345, {'G': G, 'G_ema': G, 'D': D, 'D_teacher': D},
+    path = rd.save_snapshot(str(tmp_path), 12000, {'G': G, 'G_ema': G, 'D': D, 'D_teacher': D},
                             extra={'training_set_kwargs': {'path': 'x.zip'}})
     assert os.path.basename(path) == 'network-snapshot-000012.pkl'
     assert rd.list_snapshots(str(tmp_path)) == [path]
