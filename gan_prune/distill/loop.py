@@ -392,7 +392,11 @@ def _prepare_run_dir(opts: dict) -> tuple[str, fileio.ExclusiveLock]:
     fingerprints = rd.input_fingerprints(opts)
     run_dir = rd.create_run_dir(opts['outdir'], opts.get('desc') or default_desc(opts))
     lock = rd.lock_run_dir(run_dir)
-    rd.write_training_options(run_dir, dict(opts, **{rd.FINGERPRINTS_KEY: fingerprints}))
+    try:
+        rd.write_training_options(run_dir, dict(opts, **{rd.FINGERPRINTS_KEY: fingerprints}))
+    except BaseException:
+        lock.release()
+        raise
     return run_dir, lock
 
 
@@ -468,9 +472,11 @@ def _prepared_by_rank0(opts: dict, dist: Dist) -> tuple[str, fileio.ExclusiveLoc
     if dist.rank == 0:
         try:
             run_dir, lock = _prepare_run_dir(opts)
-        except GanPruneError as e:
+        except Exception as e:  # pylint: disable=broad-except
             problem = e
-    shared_dir, message = dist.broadcast_object((run_dir, str(problem) if problem else None))
+    described = None if problem is None else (str(problem) if isinstance(problem, GanPruneError)
+                                              else f'{type(problem).__name__}: {problem}')
+    shared_dir, message = dist.broadcast_object((run_dir, described))
     if problem is not None:
         raise problem
     if message is not None:
