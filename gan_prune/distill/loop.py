@@ -379,7 +379,7 @@ def _prepare_run_dir(opts: dict) -> tuple[str, fileio.ExclusiveLock]:
             current = rd.input_fingerprints(opts)
             if saved is None:
                 print(f'Note: {run_dir} records no input fingerprints (made by an older version); the current '
-                      f'teacher, student and data are recorded now', file=sys.stderr)
+                      f'teacher, student and data are recorded now', flush=True)
             else:
                 rd.check_input_fingerprints(run_dir, saved, current)
             # Record overrides such as a longer --kimg, and where the inputs are now.
