@@ -88,6 +88,42 @@ def resolve_options(options: dict) -> dict:
 PATH_OPTIONS = ('teacher', 'student', 'data', 'dime_stats', 'parser_weights', 'outdir')
 
 
+# Spec families whose argument is a file: 'torchscript:FILE' (--dime, --cagan-net), 'vgg16:FILE', 'inception:FILE'.
+SPEC_OPTIONS_WITH_FILES = ('dime', 'cagan_net', 'metrics_detector')
+FILE_SPEC_FAMILIES = ('torchscript', 'vgg16', 'inception')
+
+
+def _spec_parts(spec: str) -> list[tuple[str, str, str]]:
+    """'torchscript:embed.pt=5,effnet-lite0' -> [('torchscript', 'embed.pt', '=5'), ('effnet-lite0', '', '')]."""
+    parts = []
+    for part in spec.split(','):
+        head, sep, weight = part.rpartition('=') if '=' in part else (part, '', '')
+        family, _, arg = head.partition(':')
+        parts.append((family, arg, sep + weight))
+    return parts
+
+
+def _spec_files(spec: Any) -> list[str]:
+    """The files a spec option names (the arguments of its torchscript:, vgg16: and inception: terms)."""
+    if not isinstance(spec, str):
+        return []
+    return [arg.strip() for family, arg, _ in _spec_parts(spec)
+            if family.strip().lower() in FILE_SPEC_FAMILIES and arg.strip()]
+
+
+def _absolute_spec_files(spec: Any) -> Any:
+    """'torchscript:embed.pt=5,effnet-lite0=1' -> 'torchscript:/abs/embed.pt=5,effnet-lite0=1' (existing files only)."""
+    if not _spec_files(spec):
+        return spec
+    parts = []
+    for family, arg, weight in _spec_parts(spec):
+        path = os.path.expanduser(arg.strip())
+        if family.strip().lower() in FILE_SPEC_FAMILIES and arg.strip() and os.path.isfile(path):
+            arg = os.path.abspath(path)
+        parts.append(f'{family}:{arg}{weight}' if arg else f'{family}{weight}')
+    return ','.join(parts)
+
+
 def _absolute_paths(options: dict) -> dict:
     """`options` with local paths made absolute (URLs, builtin:NAME and names looked up elsewhere unchanged)."""
     def absolute(value: Any, must_exist: bool = False) -> Any:
@@ -100,6 +136,9 @@ def _absolute_paths(options: dict) -> dict:
     for key in PATH_OPTIONS:
         if key in out:
             out[key] = absolute(out[key])
+    for key in SPEC_OPTIONS_WITH_FILES:
+        if key in out:
+            out[key] = _absolute_spec_files(out[key])
     for key in ('resume', 'cagan_mask'):  # also a mode name ('none', 'face-parser'): only existing paths
         if key in out:
             out[key] = absolute(out[key], must_exist=True)
@@ -361,6 +400,8 @@ def _input_files(opts: dict) -> list[tuple[str, str]]:
         inputs.append(('--resume', opts['resume']))
     for entry in opts.get('embed_weights') or []:
         inputs.append(('--embed-weights', entry.partition('=')[2] or entry))
+    for key in SPEC_OPTIONS_WITH_FILES:
+        inputs += [(f'--{key.replace("_", "-")}', path) for path in _spec_files(opts.get(key))]
     return [(label, path) for label, path in inputs if path]
 
 
@@ -749,6 +790,7 @@ class Trainer:
                      f'not bit-identically')
         if self.is_main:
             rd.truncate_stats(self.run_dir, self.cur_nimg)  # rows after the checkpoint are written again
+            rd.truncate_metrics(os.path.join(self.run_dir, METRICS_FILE), self.cur_nimg)
 
     def _restore_process_state(self) -> None:
         """Last step of setup: RNG and data position of this process as they were at the checkpoint."""

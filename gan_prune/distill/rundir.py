@@ -256,10 +256,18 @@ def read_stats(path: str) -> list[dict]:
 
 def truncate_stats(run_dir: str, max_nimg: int) -> None:
     """Drop rows written after the resume checkpoint (they will be written again by the resumed run)."""
-    path = os.path.join(run_dir, STATS_FILE)
+    _truncate_rows(os.path.join(run_dir, STATS_FILE), lambda row: row.get('Progress/nimg', {}).get('mean', 0) <= max_nimg)
+
+
+def truncate_metrics(path: str, max_nimg: int) -> None:
+    """The same for a run's metrics.jsonl, whose rows carry 'kimg'."""
+    _truncate_rows(path, lambda row: round(float(row.get('kimg', 0)) * 1000) <= max_nimg)
+
+
+def _truncate_rows(path: str, keep_row: Callable[[dict], bool]) -> None:
     if not os.path.exists(path):
         return
-    keep = [row for row in read_stats(path) if row.get('Progress/nimg', {}).get('mean', 0) <= max_nimg]
+    keep = [row for row in read_stats(path) if keep_row(row)]
     atomic_write(path, lambda f: f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in keep)), binary=False)
 
 

@@ -71,9 +71,24 @@ def test_training_options_name_inputs_by_absolute_path_with_fingerprints(files, 
     assert prints['teacher'] == {'path': str(files / 'teacher.pkl'),
                                  'fingerprint': 'sha256:' + hashlib.sha256((files / 'teacher.pkl').read_bytes()).hexdigest()}
     assert set(prints) == {'teacher', 'student', 'data'}
-    # Resumed from another working directory, with the same relative name typed again: the same run.
+    # Resumed from another working directory: the same files.
     monkeypatch.chdir(tmp_path)
     assert loop.resolve_options({'resume': run_dir})['teacher'] == str(files / 'teacher.pkl')
+
+
+def test_files_inside_spec_options_are_stored_absolute(files, tmp_path, monkeypatch):
+    (tmp_path / 'embed.pt').write_bytes(b'')
+    (tmp_path / 'inception.pt').write_bytes(b'')
+    monkeypatch.chdir(tmp_path)
+    opts = loop._absolute_paths(dict(dime='torchscript:embed.pt=5,effnet-lite0=1', cagan_net='vgg16:missing.pth',
+                                     metrics_detector='inception:inception.pt', cagan_mask='none',
+                                     embed_weights=['clip:RN50=embed.pt', 'RN50.pt'], resume=None))
+    assert opts['dime'] == f'torchscript:{tmp_path / "embed.pt"}=5,effnet-lite0=1'
+    assert opts['metrics_detector'] == f'inception:{tmp_path / "inception.pt"}'
+    assert opts['cagan_net'] == 'vgg16:missing.pth' and opts['cagan_mask'] == 'none'  # no such file / a mode
+    assert opts['embed_weights'] == [f'clip:RN50={tmp_path / "embed.pt"}', 'RN50.pt']  # bare: searched later
+    labels = dict(loop._input_files(dict(opts, teacher='t.pkl')))
+    assert labels['--dime'] == str(tmp_path / 'embed.pt') and labels['--metrics-detector'].endswith('inception.pt')
 
 
 def test_a_run_directory_in_use_is_refused(files, tmp_path):

@@ -1,4 +1,5 @@
 """Run directory: ids, options, log tee, stats.jsonl, grids, snapshots and the resume checkpoint."""
+import json
 import os
 import random
 import sys
@@ -53,6 +54,16 @@ def test_stats_rows_summaries_torn_lines_and_truncation(tmp_path):
     assert rows[0]['Loss/G/main'] == {'num': 2, 'mean': 2.0, 'std': 1.0} and 'timestamp' in rows[0]
     rd.truncate_stats(str(tmp_path), 200)
     assert [r['Progress/nimg']['mean'] for r in rd.read_stats(str(tmp_path))] == [100, 200]
+
+
+def test_metrics_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    path = tmp_path / 'metrics.jsonl'
+    for kimg in (0.004, 0.008, 0.012):
+        rd.fileio.append_line(path, json.dumps({'kimg': kimg, 'results': {}}))
+    rd.truncate_metrics(str(path), 8)
+    assert [json.loads(line)['kimg'] for line in path.read_text().splitlines()] == [0.004, 0.008]
+    rd.truncate_metrics(str(tmp_path / 'absent.jsonl'), 8)  # no metrics: nothing to do
+    assert not (tmp_path / 'absent.jsonl').exists()
 
 
 def test_image_grid_png_layout(tmp_path):
