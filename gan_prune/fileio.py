@@ -11,6 +11,8 @@ import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping
 
+from gan_prune.errors import GanPruneError
+
 
 def default_file_mode() -> int:
     """0666 minus the process umask: the mode open() would give a new file."""
@@ -99,7 +101,6 @@ def refuse_overwriting_inputs(out: str | os.PathLike | Iterable[str | os.PathLik
     {'--pkl': 'teacher.pkl', '--data': 'images/'}; None, `builtin:NAME`, URLs and paths where nothing exists are
     skipped.
     """
-    from gan_prune.errors import GanPruneError
     outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
     pairs = list(inputs.items()) if isinstance(inputs, Mapping) else list(inputs)
     for out_path in outs:

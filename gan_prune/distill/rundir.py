@@ -143,6 +143,12 @@ def input_fingerprints(opts: dict) -> dict:
 
 def check_input_fingerprints(run_dir: str, saved: dict, current: dict) -> None:
     """Refuse (one line: which input, why, how to go on) when an input differs from the one the run started with."""
+    well_formed = isinstance(saved, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get('fingerprint'), str) and isinstance(entry.get('path'), str)
+        for entry in saved.values())
+    if not well_formed:
+        raise GanPruneError(f'{os.path.join(run_dir, OPTIONS_FILE)} holds a malformed {FINGERPRINTS_KEY}; restore '
+                            f'the file from a backup or start a new run')
     for key, flag in FINGERPRINTED_INPUTS.items():
         old, new = saved.get(key), current.get(key)
         if old is None and new is None:

@@ -230,6 +230,12 @@ def test_changed_missing_or_other_inputs_are_named_and_refused(tmp_path):
     assert 'which the run was started with' in _check_refused(str(run), saved, rd.input_fingerprints(other))
 
 
+def test_malformed_fingerprints_are_one_line(tmp_path):
+    for saved in (['sha256:00'], {'teacher': 'sha256:00'}, {'teacher': {'path': 1, 'fingerprint': 'x'}}):
+        message = _check_refused(str(tmp_path), saved, {})
+        assert 'malformed input_fingerprints' in message
+
+
 def test_inputs_that_the_run_would_write_are_refused(tmp_path):
     run = tmp_path / 'run'
     run.mkdir()
