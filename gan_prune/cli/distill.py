@@ -49,8 +49,10 @@ def _optional_float(value):
               help='Add x-flipped copies of the dataset images.')
 @click.option('--resume', metavar='RUN_DIR|PKL', default=D['resume'],
               help='A run directory: continue it exactly (other options come from its training_options.json; '
-                   'only --kimg, --snap, --metrics, --lr, --gamma and similar may change). A snapshot .pkl: '
-                   'start a new run from its G, G_ema, D and D_teacher.')
+                   'only --kimg, --snap, --metrics, --lr, --gamma and similar may change; --teacher, --student and '
+                   '--data may name a moved copy, and a file that differs from the one the run started with is '
+                   'refused). One process at a time: a directory in use is refused. A snapshot .pkl: start a new '
+                   'run from its G, G_ema, D and D_teacher.')
 @click.option('--metrics', default=D['metrics'], show_default=True,
               help="Metrics at every snapshot, comma list (e.g. fid,kid) or 'none'; see gan-prune metrics.")
 @click.option('--metrics-num-gen', type=click.IntRange(min=2), default=D['metrics_num_gen'], show_default=True,

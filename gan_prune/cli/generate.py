@@ -1,12 +1,27 @@
 """`gan-prune generate`: images from a teacher or student pickle, with the original generate.py conventions."""
 from __future__ import annotations
 
+import os
+import re
+
 import click
 
 from gan_prune.cli import checks
 from gan_prune import defaults
+from gan_prune.fileio import refuse_overwriting_inputs
 
 D = defaults.GENERATE
+
+
+def _planned_outputs(outdir: str, seeds: list[int] | None, projected_w: str | None, grid: bool) -> list[str]:
+    """The files generate will write in `outdir` (proj<i>.png: as many as the W file holds, so every name of that
+    form already there counts)."""
+    names = ['grid.png'] if grid else []
+    if seeds is not None:
+        names += [f'seed{seed:04d}.png' for seed in seeds]
+    elif os.path.isdir(outdir):
+        names += [name for name in os.listdir(outdir) if re.fullmatch(r'proj\d{2,}\.png', name)]
+    return [os.path.join(outdir, name) for name in names]
 
 
 @click.command('generate')
@@ -37,6 +52,8 @@ def command(src, seeds, outdir, truncation_psi, class_idx, noise_mode, projected
     """Render one PNG per seed: the same seed on the same pickle gives the image NVIDIA's generate.py gives."""
     from gan_prune.generate import generate_images, parse_seeds
     seed_list = None if projected_w else parse_seeds(seeds)
+    refuse_overwriting_inputs(_planned_outputs(outdir, seed_list, projected_w, grid),
+                              {'--pkl': src, '--projected-w': projected_w}, out_label='output')
     paths = generate_images(src, outdir, seeds=seed_list, truncation_psi=truncation_psi, noise_mode=noise_mode,
                             class_idx=class_idx, projected_w=projected_w, grid=grid, device=device,
                             precision=precision, trust=trust_pickle, progress=True, log=click.echo)

@@ -10,7 +10,7 @@ import click
 from gan_prune.cli import checks
 from gan_prune.defaults import METRICS
 from gan_prune.errors import GanPruneError
-from gan_prune.fileio import atomic_write
+from gan_prune.fileio import append_line, refuse_overwriting_inputs
 
 
 def _load_generator(src: str, trust: bool):
@@ -33,16 +33,21 @@ def _refuse_nonfinite(G, src: str) -> None:
 
 
 def _append_json_line(path: str, record: dict) -> None:
-    """Append one JSON line to `path`, atomically (the old content plus the new line replace the file)."""
-    old = ''
-    if os.path.exists(path):
-        with open(path, encoding='utf-8') as f:
-            old = f.read()
-        if old and not old.endswith('\n'):
-            old += '\n'
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    atomic_write(path, lambda f: f.write(old + json.dumps(record, sort_keys=True) + '\n'), binary=False)
+    """Append one JSON line to `path` in one locked write: runs appending at the same time lose no line."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        append_line(path, json.dumps(record, sort_keys=True))
+    except OSError as e:
+        raise GanPruneError(f'cannot append to --out {path} ({e.strerror or type(e).__name__}); give a writable '
+                            f'file path') from None
+
+
+def _refuse_out_over_inputs(out_path: str | None, src: str, ref_pkl: str | None, data: str | None,
+                            detector: str) -> None:
+    if out_path:
+        detector_file = detector.partition(':')[2] if detector.startswith('inception:') else None
+        refuse_overwriting_inputs(out_path, {'--pkl': src, '--ref-pkl': ref_pkl, '--data': data,
+                                             '--detector': detector_file})
 
 
 def format_table(results: dict[str, float]) -> str:
@@ -88,7 +93,8 @@ def format_table(results: dict[str, float]) -> str:
                    '~/.cache/gan_prune).')
 @click.option('--json', 'as_json', is_flag=True, help='Print one JSON object instead of a table.')
 @click.option('--out', 'out_path', default=None, metavar='FILE',
-              help='Also append the result as one JSON line to FILE.')
+              help='Also append the result as one JSON line to FILE (one locked write: concurrent runs lose no '
+                   'line; never one of the input files).')
 @click.option('--trust-pickle', is_flag=True,
               help='Let the given files run code, for files from a source you trust: the code embedded in the '
                    'pickles (custom architectures), and an Inception TorchScript file other than NVIDIA\'s '
@@ -103,6 +109,7 @@ def command(src: str, metric_list: str, data: str | None, ref_pkl: str | None, d
     names = parse_metrics(metric_list)
     if data is not None and ref_pkl is not None:
         raise GanPruneError('give either --data or --ref-pkl, not both')
+    _refuse_out_over_inputs(out_path, src, ref_pkl, data, detector)
     torch_device = resolve_device(device)
     G, training_set_kwargs = _load_generator(src, trust_pickle)
     if data is None and ref_pkl is None:
@@ -110,6 +117,7 @@ def command(src: str, metric_list: str, data: str | None, ref_pkl: str | None, d
         if not data or not os.path.exists(data):
             raise GanPruneError('no reference: pass --data DATASET or --ref-pkl TEACHER '
                                 '(the pickle names no dataset that exists here)')
+        _refuse_out_over_inputs(out_path, src, ref_pkl, data, detector)  # the dataset the pickle names
     ref_G = None
     if ref_pkl is not None:
         ref_G, _ = _load_generator(ref_pkl, trust_pickle)

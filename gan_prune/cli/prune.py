@@ -14,7 +14,8 @@ D = defaults.PRUNE
 @click.command('prune')
 @click.option('--pkl', 'src', required=True, metavar='SRC',
               help='Teacher network pickle: a path, an http(s) URL, or builtin:NAME (tiny32, paper256).')
-@click.option('--out', required=True, metavar='PKL', help='Where to write the pruned snapshot (.pkl).')
+@click.option('--out', required=True, metavar='PKL',
+              help='Where to write the pruned snapshot (.pkl); never one of the input files.')
 @click.option('--rate', type=float, default=None, callback=checks.fraction, metavar='R',
               help='Target FLOPs compression rate 1 - MACs(student)/MACs(teacher), e.g. 0.9573; the smallest '
                    'uniform channel ratio that reaches it is used. The paper\'s "95.73 %" student is --ratio 0.8 '
@@ -63,11 +64,13 @@ def command(src, out, rate, ratio, channel_text, rate_convention, criterion, mas
     entry; NVIDIA's tools load it and render it with G(z, c).
     """
     from gan_prune.errors import GanPruneError
+    from gan_prune.fileio import refuse_overwriting_inputs
     from gan_prune.prune.pipeline import prune
     from gan_prune.prune.solver import parse_channel_overrides
     if rate is None and ratio is None and not channel_text:
         raise GanPruneError('say how much to prune: --rate R (e.g. 0.9573), --ratio r (e.g. 0.8) '
                             'or --channels RES:N,...')
+    refuse_overwriting_inputs(out, {'--pkl': src, '--parser-weights': parser_weights, '--mask': mask})
     result = prune(src, out, rate=rate, ratio=ratio, channels=parse_channel_overrides(channel_text),
                    criterion=criterion, mask=mask, parser_weights=parser_weights, samples=samples, batch=batch,
                    micro_batch=micro_batch, seed=seed, noise_prob=noise_prob, rate_convention=rate_convention,

@@ -6,6 +6,7 @@ import click
 from gan_prune.cli import checks
 from gan_prune.defaults import DIME, EMBED
 from gan_prune.errors import GanPruneError
+from gan_prune.fileio import refuse_overwriting_inputs
 
 
 @click.command('teacher-stats')
@@ -40,7 +41,8 @@ from gan_prune.errors import GanPruneError
                    'pickle (custom architectures), and TorchScript embedder files (torchscript:FILE, CLIP .pt '
                    'archives other than the published OpenAI ones, which are known by checksum). Without it such '
                    'files are refused; state dicts need no flag.')
-@click.option('--out', required=True, metavar='FILE', help='Output .npz (written atomically).')
+@click.option('--out', required=True, metavar='FILE',
+              help='Output .npz (written atomically; never one of the input files).')
 def command(src: str, embed_spec: str, embed_weights: tuple[str, ...], normalize: bool, samples: int, batch: int,
             seed: int, noise_mode: str, bank_size: int, checkpoint_every: int, device: str, trust_pickle: bool,
             out: str) -> None:
@@ -57,6 +59,9 @@ def command(src: str, embed_spec: str, embed_weights: tuple[str, ...], normalize
         raise GanPruneError(f'--out must be a .npz file, got {out}')
     names = [name for name, _ in parse_dime_spec(embed_spec)]
     files = resolve_weight_files(names, list(embed_weights))
+    inputs = [('--pkl', src)] + [('--embed-weights', path) for path in files.values()]
+    inputs += [('--embed', name.partition(':')[2]) for name in names if name.startswith('torchscript:')]
+    refuse_overwriting_inputs([out, teacher_stats.partial_path(out)], inputs)
     dev = teacher_stats.resolve_device(device)
     embedders = [build_embedder(name, weights=files.get(name), normalize=normalize, trust=trust_pickle)
                  for name in names]

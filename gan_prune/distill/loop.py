@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from gan_prune import fileio
 from gan_prune.defaults import DISTILL
 from gan_prune.distill import rundir as rd
 from gan_prune.distill.losses import KD_MODES, CaganKD, DistillLoss, PerceptualDistance
@@ -60,13 +61,14 @@ def resolve_options(options: dict) -> dict:
     unknown = sorted(set(options) - set(DISTILL))
     if unknown:
         raise GanPruneError(f'unknown distill option {unknown[0]!r}; see gan-prune distill --help')
+    options = _absolute_paths(options)
     resume = options.get('resume')
     if resume and os.path.isdir(resume):
         saved = rd.read_training_options(resume)
         opts = dict(DISTILL)
         opts.update({k: v for k, v in saved.items() if k in DISTILL})
         for key, value in options.items():
-            if key in RESUME_OVERRIDABLE:
+            if key in RESUME_OVERRIDABLE or key in rd.FINGERPRINTED_INPUTS:  # a moved input: checked by fingerprint
                 opts[key] = value
             elif _jsonable(value) != _jsonable(opts.get(key)):
                 raise GanPruneError(f'option {key} cannot change when resuming {resume} (it was {opts.get(key)!r}); '
@@ -76,9 +78,77 @@ def resolve_options(options: dict) -> dict:
     else:
         opts = dict(DISTILL)
         opts.update(options)
+        opts = _absolute_paths(opts)  # defaults such as outdir too
     opts['embed_weights'] = list(opts.get('embed_weights') or [])
     _validate(opts)
     return opts
+
+
+# Options naming a local file or folder: stored as absolute paths, so a run resumes from any working directory.
+PATH_OPTIONS = ('teacher', 'student', 'data', 'dime_stats', 'parser_weights', 'outdir')
+
+
+# Spec families whose argument is a file: 'torchscript:FILE' (--dime, --cagan-net), 'vgg16:FILE', 'inception:FILE'.
+SPEC_OPTIONS_WITH_FILES = ('dime', 'cagan_net', 'metrics_detector')
+FILE_SPEC_FAMILIES = ('torchscript', 'vgg16', 'inception')
+
+
+def _spec_parts(spec: str) -> list[tuple[str, str, str]]:
+    """'torchscript:embed.pt=5,effnet-lite0' -> [('torchscript', 'embed.pt', '=5'), ('effnet-lite0', '', '')]."""
+    parts = []
+    for part in spec.split(','):
+        head, sep, weight = part.rpartition('=') if '=' in part else (part, '', '')
+        family, _, arg = head.partition(':')
+        parts.append((family, arg, sep + weight))
+    return parts
+
+
+def _spec_files(spec: Any) -> list[str]:
+    """The files a spec option names (the arguments of its torchscript:, vgg16: and inception: terms)."""
+    if not isinstance(spec, str):
+        return []
+    return [arg.strip() for family, arg, _ in _spec_parts(spec)
+            if family.strip().lower() in FILE_SPEC_FAMILIES and arg.strip()]
+
+
+def _absolute_spec_files(spec: Any) -> Any:
+    """'torchscript:embed.pt=5,effnet-lite0=1' -> 'torchscript:/abs/embed.pt=5,effnet-lite0=1' (existing files only)."""
+    if not _spec_files(spec):
+        return spec
+    parts = []
+    for family, arg, weight in _spec_parts(spec):
+        path = os.path.expanduser(arg.strip())
+        if family.strip().lower() in FILE_SPEC_FAMILIES and arg.strip() and os.path.isfile(path):
+            arg = os.path.abspath(path)
+        parts.append(f'{family}:{arg}{weight}' if arg else f'{family}{weight}')
+    return ','.join(parts)
+
+
+def _absolute_paths(options: dict) -> dict:
+    """`options` with local paths made absolute (URLs, builtin:NAME and names looked up elsewhere unchanged)."""
+    def absolute(value: Any, must_exist: bool = False) -> Any:
+        if not isinstance(value, str) or not value or '://' in value or fileio.local_path(value) is None:
+            return value
+        path = os.path.expanduser(value)
+        return os.path.abspath(path) if not must_exist or os.path.exists(path) else value
+
+    out = dict(options)
+    for key in PATH_OPTIONS:
+        if key in out:
+            out[key] = absolute(out[key])
+    for key in SPEC_OPTIONS_WITH_FILES:
+        if key in out:
+            out[key] = _absolute_spec_files(out[key])
+    for key in ('resume', 'cagan_mask'):  # also a mode name ('none', 'face-parser'): only existing paths
+        if key in out:
+            out[key] = absolute(out[key], must_exist=True)
+    if out.get('embed_weights'):
+        entries = []
+        for entry in out['embed_weights']:
+            spec, sep, path = entry.partition('=')
+            entries.append(f'{spec}={absolute(path, must_exist=True)}' if sep else absolute(entry, must_exist=True))
+        out['embed_weights'] = entries
+    return out
 
 
 def _jsonable(value: Any) -> Any:
@@ -320,13 +390,55 @@ def distill(tick_callback: Callable[[dict], None] | None = None, **options) -> s
     return _run_process(0, 1, 0, opts, None, tick_callback)
 
 
-def _prepare_run_dir(opts: dict) -> str:
+def _input_files(opts: dict) -> list[tuple[str, str]]:
+    """(option, path) of every file or folder the run reads."""
+    inputs = [(f'--{key.replace("_", "-")}', opts.get(key))
+              for key in ('teacher', 'student', 'data', 'dime_stats', 'parser_weights')]
+    if opts.get('cagan_mask') not in (None, 'none', 'face-parser'):
+        inputs.append(('--cagan-mask', opts['cagan_mask']))
+    if opts.get('resume') and os.path.isfile(opts['resume']):
+        inputs.append(('--resume', opts['resume']))
+    for entry in opts.get('embed_weights') or []:
+        inputs.append(('--embed-weights', entry.partition('=')[2] or entry))
+    for key in SPEC_OPTIONS_WITH_FILES:
+        inputs += [(f'--{key.replace("_", "-")}', path) for path in _spec_files(opts.get(key))]
+    return [(label, path) for label, path in inputs if path]
+
+
+def _prepare_run_dir(opts: dict) -> tuple[str, fileio.ExclusiveLock]:
+    """The run directory, locked for this process, with training_options.json written (options and the inputs'
+    fingerprints). Refuses a run whose files would replace or change an input, and a resume whose teacher,
+    student or data is not the one the run started with."""
+    inputs = _input_files(opts)
     if opts.get('resume') and os.path.isdir(opts['resume']):
-        rd.write_training_options(opts['resume'], opts)  # record overrides such as a longer --kimg
-        return opts['resume']
+        run_dir = opts['resume']
+        lock = rd.lock_run_dir(run_dir)
+        try:
+            fileio.refuse_overwriting_inputs(run_dir, inputs, out_label='run directory')
+            rd.refuse_inputs_written_by_run(run_dir, inputs)
+            saved = rd.read_training_options(run_dir).get(rd.FINGERPRINTS_KEY)
+            current = rd.input_fingerprints(opts)
+            if saved is None:
+                print(f'Note: {run_dir} records no input fingerprints (made by an older version); the current '
+                      f'teacher, student and data are recorded now', flush=True)
+            else:
+                rd.check_input_fingerprints(run_dir, saved, current)
+            # Record overrides such as a longer --kimg, and where the inputs are now.
+            rd.write_training_options(run_dir, dict(opts, **{rd.FINGERPRINTS_KEY: current}))
+        except BaseException:
+            lock.release()
+            raise
+        return run_dir, lock
+    fileio.refuse_overwriting_inputs(opts['outdir'], inputs, out_label='--outdir')
+    fingerprints = rd.input_fingerprints(opts)
     run_dir = rd.create_run_dir(opts['outdir'], opts.get('desc') or default_desc(opts))
-    rd.write_training_options(run_dir, opts)
-    return run_dir
+    lock = rd.lock_run_dir(run_dir)
+    try:
+        rd.write_training_options(run_dir, dict(opts, **{rd.FINGERPRINTS_KEY: fingerprints}))
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, lock
 
 
 def default_desc(opts: dict) -> str:
@@ -342,14 +454,15 @@ def _free_port() -> int:
 
 def _spawn(gpus: int, opts: dict, tick_callback) -> str:
     import torch.multiprocessing as mp
-    run_dir = _prepare_run_dir(opts)
+    run_dir, lock = _prepare_run_dir(opts)
     port = _free_port()
-    try:
-        mp.spawn(_spawned_process, args=(gpus, opts, run_dir, port, tick_callback), nprocs=gpus, join=True)
-    except mp.ProcessRaisedException as e:
-        lines = [line for line in str(e).strip().splitlines() if line.strip()]
-        last = lines[-1] if lines else str(e)
-        raise GanPruneError(last.split('GanPruneError: ', 1)[-1]) from None
+    with lock:  # this process waits for the spawned ones: it holds the run directory for them
+        try:
+            mp.spawn(_spawned_process, args=(gpus, opts, run_dir, port, tick_callback), nprocs=gpus, join=True)
+        except mp.ProcessRaisedException as e:
+            lines = [line for line in str(e).strip().splitlines() if line.strip()]
+            last = lines[-1] if lines else str(e)
+            raise GanPruneError(last.split('GanPruneError: ', 1)[-1]) from None
     return run_dir
 
 
@@ -371,9 +484,10 @@ def _run_process(rank: int, world: int, local_rank: int, opts: dict, run_dir: st
     if world > 1 and device.type == 'cpu':
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # processes share the cores
     dist = Dist(rank, world, device)
+    lock = None
     try:
         if run_dir is None:
-            run_dir = dist.broadcast_object(_prepare_run_dir(opts) if rank == 0 else None)
+            run_dir, lock = _prepared_by_rank0(opts, dist)
         try:
             trainer = Trainer(opts, run_dir, dist, device, tick_callback)
             if rank == 0:
@@ -385,9 +499,30 @@ def _run_process(rank: int, world: int, local_rank: int, opts: dict, run_dir: st
             _log_failure(run_dir, rank)
             raise
     finally:
+        if lock is not None:
+            lock.release()
         if created_group:
             torch.distributed.destroy_process_group()
     return run_dir
+
+
+def _prepared_by_rank0(opts: dict, dist: Dist) -> tuple[str, fileio.ExclusiveLock | None]:
+    """Process 0 prepares and locks the run directory; every process gets its path, or the one-line reason why
+    there is none (so the others stop too instead of waiting for a run that never starts)."""
+    run_dir, lock, problem = None, None, None
+    if dist.rank == 0:
+        try:
+            run_dir, lock = _prepare_run_dir(opts)
+        except Exception as e:  # pylint: disable=broad-except
+            problem = e
+    described = None if problem is None else (str(problem) if isinstance(problem, GanPruneError)
+                                              else f'{type(problem).__name__}: {problem}')
+    shared_dir, message = dist.broadcast_object((run_dir, described))
+    if problem is not None:
+        raise problem
+    if message is not None:
+        raise GanPruneError(message)
+    return shared_dir, lock
 
 
 def _log_failure(run_dir: str, rank: int) -> None:
@@ -655,6 +790,7 @@ class Trainer:
                      f'not bit-identically')
         if self.is_main:
             rd.truncate_stats(self.run_dir, self.cur_nimg)  # rows after the checkpoint are written again
+            rd.truncate_metrics(os.path.join(self.run_dir, METRICS_FILE), self.cur_nimg)
 
     def _restore_process_state(self) -> None:
         """Last step of setup: RNG and data position of this process as they were at the checkpoint."""
@@ -797,9 +933,8 @@ class Trainer:
         path = None
         if self.is_main:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
-                kimg = self.cur_nimg // 1000
-                rd.save_image_grid(self._generate_grid(self.G_ema), os.path.join(self.run_dir, f'fakes{kimg:06d}.png'),
-                                   self.grid)
+                rd.save_image_grid(self._generate_grid(self.G_ema),
+                                   os.path.join(self.run_dir, f'fakes{rd.kimg_tag(self.cur_nimg)}.png'), self.grid)
                 modules = {'G': self.G_s, 'G_ema': self.G_ema, 'D': self.D_s}
                 D_teacher = self.D_t if self.D_t is not None else self.D_teacher_frozen
                 if D_teacher is not None:
@@ -822,8 +957,7 @@ class Trainer:
                                   device=self.device, log=self.log, trust=bool(self.opts['trust']))
         line = {'results': results, 'snapshot_pkl': os.path.basename(snapshot_path), 'kimg': self.cur_nimg / 1000,
                 'timestamp': time.time()}
-        with open(os.path.join(self.run_dir, METRICS_FILE), 'a', encoding='utf-8') as f:
-            f.write(json.dumps(line, sort_keys=True) + '\n')
+        fileio.append_line(os.path.join(self.run_dir, METRICS_FILE), json.dumps(line, sort_keys=True))
         self.log('Metrics: ' + ', '.join(f'{k} {v:.4g}' for k, v in results.items()))
 
     # -- the loop

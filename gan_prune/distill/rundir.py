@@ -8,9 +8,14 @@
         fakes<kimg>.png                G_ema samples at every snapshot (fixed latents)
         network-snapshot-<kimg>.pkl    G, G_ema, D (= D^S) in NVIDIA's snapshot format, plus D_teacher
         resume.pt                      exact training state (weights, optimisers, EMA, counters, RNG)
+        run.lock                       held (flock) by the process that trains in the directory
+
+<kimg> is the whole kimg in six digits (000120), followed by the images past it when a snapshot falls between
+whole kimg (000012.768), so short ticks never give two snapshots one name.
 
 Every file except the append-only log.txt and stats.jsonl is written atomically (temp file in the same folder,
-then os.replace), so an interrupted run never leaves a half-written snapshot or checkpoint.
+then os.replace), so an interrupted run never leaves a half-written snapshot or checkpoint. training_options.json
+names the inputs by absolute path and records their fingerprints; a resume that finds a different input stops.
 """
 from __future__ import annotations
 
@@ -27,13 +32,20 @@ import PIL.Image
 import torch
 
 from gan_prune.errors import GanPruneError
+from gan_prune import fileio
 from gan_prune.fileio import atomic_write
 
 OPTIONS_FILE = 'training_options.json'
 LOG_FILE = 'log.txt'
 STATS_FILE = 'stats.jsonl'
 RESUME_FILE = 'resume.pt'
-SNAPSHOT_RE = re.compile(r'^network-snapshot-(\d+)\.pkl$')
+LOCK_FILE = 'run.lock'
+FINGERPRINTS_KEY = 'input_fingerprints'
+SNAPSHOT_RE = re.compile(r'^network-snapshot-(\d+)(?:\.(\d{3}))?\.pkl$')
+# Files a run writes into its directory (temp files of atomic writes included): an input must not be one of them.
+RUN_FILE_RE = re.compile(r'^\.?(training_options\.json|log\.txt|stats\.jsonl|resume\.pt|run\.lock|metrics\.jsonl|'
+                         r'teacher_stats\.npz(\.partial\.npz)?|reals\.png|teacher\.png|fakes[\w.]*\.png|'
+                         r'network-snapshot-[\d.]+\.pkl)(\..*\.tmp)?$')
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -75,6 +87,103 @@ def read_training_options(run_dir: str) -> dict:
                             f'give the folder that a previous `gan-prune distill` run created') from None
     except ValueError as e:
         raise GanPruneError(f'{path} is not valid JSON ({e}); restore it or start a new run') from e
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One process trains in a run directory at a time
+
+def lock_run_dir(run_dir: str) -> fileio.ExclusiveLock:
+    """Lock `run_dir` for this process (run.lock, flock): a second run or --resume of it is refused with one line
+    naming the holder. The lock lasts until release() or the end of the process, crash included."""
+    path = os.path.join(run_dir, LOCK_FILE)
+    try:
+        lock = fileio.lock_exclusive(path, fileio.process_description())
+    except fileio.LockHeld as e:
+        raise GanPruneError(f'run directory {run_dir} is in use by {e.holder or "another process"}; wait for that '
+                            f'run to end (or stop it), then resume') from None
+    except OSError as e:
+        raise GanPruneError(f'cannot lock {path} ({e.strerror or type(e).__name__}); check that the run directory '
+                            f'is writable') from None
+    if not lock.supported:
+        print(f'warning: {run_dir} is on a file system without file locks: make sure no other process trains in '
+              f'it at the same time', file=sys.stderr)
+    return lock
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Inputs of a run: fingerprinted at the start, checked on every resume
+
+FINGERPRINTED_INPUTS = {'teacher': '--teacher', 'student': '--student', 'data': '--data'}
+MISSING = 'missing'
+
+
+def fingerprint_input(source: str) -> str:
+    """'sha256:<hex>' of a file, 'folder:<hex> (N files)' of a folder (names, sizes, mtimes), the name itself
+    for builtin:NAME, or 'missing'. An http(s) URL is fingerprinted by its downloaded (cached) file."""
+    source = str(source)
+    if source.startswith('builtin:'):
+        return source
+    if source.startswith(('http://', 'https://')):
+        from gan_prune.io.download import download
+        path = download(source, progress=False)
+    else:
+        path = fileio.local_path(source)
+    if os.path.isdir(path):
+        return 'folder:' + fileio.folder_fingerprint(path)
+    if os.path.isfile(path):
+        return 'sha256:' + fileio.sha256_file(path)
+    return MISSING
+
+
+def input_fingerprints(opts: dict) -> dict:
+    """{option: {'path', 'fingerprint'}} for the teacher, student and data of `opts` (those given)."""
+    return {key: {'path': opts[key], 'fingerprint': fingerprint_input(opts[key])}
+            for key in FINGERPRINTED_INPUTS if opts.get(key)}
+
+
+def check_input_fingerprints(run_dir: str, saved: dict, current: dict) -> None:
+    """Refuse (one line: which input, why, how to go on) when an input differs from the one the run started with."""
+    well_formed = isinstance(saved, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get('fingerprint'), str) and isinstance(entry.get('path'), str)
+        for entry in saved.values())
+    if not well_formed:
+        raise GanPruneError(f'{os.path.join(run_dir, OPTIONS_FILE)} holds a malformed {FINGERPRINTS_KEY}; restore '
+                            f'the file from a backup or start a new run')
+    for key, flag in FINGERPRINTED_INPUTS.items():
+        old, new = saved.get(key), current.get(key)
+        if old is None and new is None:
+            continue
+        if old is not None and new is not None and old['fingerprint'] == new['fingerprint']:
+            continue
+        shown = (new or old)['path']
+        if new is None:
+            reason = f'the run was started with {flag} {old["path"]}, now there is none'
+        elif old is None:
+            reason = f'the run was started without {flag}'
+        elif new['fingerprint'] == MISSING:
+            reason = 'the file is missing'
+        elif os.path.abspath(str(old['path'])) != os.path.abspath(str(new['path'])):
+            reason = f'it differs from {old["path"]}, which the run was started with'
+        else:
+            reason = 'its contents changed since the run started'
+        latest = latest_snapshot(run_dir)
+        fresh = (f'start a new run from the last snapshot (--resume {latest}, not bit-exact)' if latest
+                 else 'start a new run')
+        raise GanPruneError(f'cannot resume {run_dir}: {flag} {shown} is not the input the run was trained on '
+                            f'({reason}); put the original back, give {flag} PATH of an unchanged copy, or {fresh}')
+
+
+def refuse_inputs_written_by_run(run_dir: str, inputs: dict | list[tuple[str, str]]) -> None:
+    """Refuse inputs ({label: source}) that are files the run writes into `run_dir` (a snapshot, resume.pt, a grid,
+    the log, ...), by path, symlink or hard link."""
+    for label, source in (inputs.items() if isinstance(inputs, dict) else inputs):
+        path = fileio.local_path(source)
+        if path is None or not os.path.exists(path):
+            continue
+        for name in os.listdir(run_dir):
+            if RUN_FILE_RE.match(name) and fileio.same_file(os.path.join(run_dir, name), path):
+                raise GanPruneError(f'{label} {source} is {os.path.join(run_dir, name)}, a file the run writes: '
+                                    f'training would replace it; copy it out of the run directory and give that copy')
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -131,9 +240,8 @@ def append_stats(run_dir: str, row: dict) -> None:
     """Append one row (keys -> summarize() dicts, plus 'timestamp') as a single line."""
     row = dict(row)
     row.setdefault('timestamp', time.time())
-    line = json.dumps(row, sort_keys=True) + '\n'
-    with open(os.path.join(run_dir, STATS_FILE), 'a', encoding='utf-8') as f:
-        f.write(line)  # one write of a whole line: a crash leaves at most a torn last line, which readers skip
+    # One write of a whole line: a crash leaves at most a torn last line, which readers skip.
+    fileio.append_line(os.path.join(run_dir, STATS_FILE), json.dumps(row, sort_keys=True))
 
 
 def read_stats(path: str) -> list[dict]:
@@ -154,10 +262,18 @@ def read_stats(path: str) -> list[dict]:
 
 def truncate_stats(run_dir: str, max_nimg: int) -> None:
     """Drop rows written after the resume checkpoint (they will be written again by the resumed run)."""
-    path = os.path.join(run_dir, STATS_FILE)
+    _truncate_rows(os.path.join(run_dir, STATS_FILE), lambda row: row.get('Progress/nimg', {}).get('mean', 0) <= max_nimg)
+
+
+def truncate_metrics(path: str, max_nimg: int) -> None:
+    """The same for a run's metrics.jsonl, whose rows carry 'kimg'."""
+    _truncate_rows(path, lambda row: round(float(row.get('kimg', 0)) * 1000) <= max_nimg)
+
+
+def _truncate_rows(path: str, keep_row: Callable[[dict], bool]) -> None:
     if not os.path.exists(path):
         return
-    keep = [row for row in read_stats(path) if row.get('Progress/nimg', {}).get('mean', 0) <= max_nimg]
+    keep = [row for row in read_stats(path) if keep_row(row)]
     atomic_write(path, lambda f: f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in keep)), binary=False)
 
 
@@ -196,8 +312,20 @@ def save_image_grid(images: torch.Tensor | np.ndarray, path: str, grid: tuple[in
 # ------------------------------------------------------------------------------------------------------------
 # Snapshots and the resume checkpoint
 
+def kimg_tag(cur_nimg: int) -> str:
+    """'000120' at a whole kimg (StyleGAN2-ADA's names), '000012.768' between whole kimg (short ticks)."""
+    whole, rest = divmod(int(cur_nimg), 1000)
+    return f'{whole:06d}' + (f'.{rest:03d}' if rest else '')
+
+
 def snapshot_name(cur_nimg: int) -> str:
-    return f'network-snapshot-{cur_nimg // 1000:06d}.pkl'
+    return f'network-snapshot-{kimg_tag(cur_nimg)}.pkl'
+
+
+def snapshot_nimg(name: str) -> int | None:
+    """Images shown at a snapshot, from its file name (either form); None for other names."""
+    m = SNAPSHOT_RE.match(os.path.basename(name))
+    return int(m.group(1)) * 1000 + int(m.group(2) or 0) if m else None
 
 
 def export_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -218,9 +346,14 @@ def save_snapshot(run_dir: str, cur_nimg: int, modules: dict, extra: dict | None
 
 
 def list_snapshots(run_dir: str) -> list[str]:
-    """Snapshot paths of a run, oldest first."""
-    names = sorted((int(m.group(1)), name) for name in os.listdir(run_dir) if (m := SNAPSHOT_RE.match(name)))
+    """Snapshot paths of a run, oldest first (by images shown, whichever name form)."""
+    names = sorted((nimg, name) for name in os.listdir(run_dir) if (nimg := snapshot_nimg(name)) is not None)
     return [os.path.join(run_dir, name) for _, name in names]
+
+
+def latest_snapshot(run_dir: str) -> str | None:
+    snapshots = list_snapshots(run_dir)
+    return snapshots[-1] if snapshots else None
 
 
 def save_resume(run_dir: str, state: dict) -> str:

@@ -239,7 +239,8 @@ def test_short_run_writes_a_loadable_run_directory(files, tmp_path):
     run_dir = loop.distill(tick_callback=infos.append, **base_options(files, tmp_path))
     names = set(os.listdir(run_dir))
     assert {rd.OPTIONS_FILE, rd.LOG_FILE, rd.STATS_FILE, rd.RESUME_FILE, 'reals.png', 'teacher.png', 'fakes_init.png',
-            'fakes000000.png', 'network-snapshot-000000.pkl', loop.TEACHER_STATS_FILE} <= names
+            'fakes000000.008.png', 'fakes000000.012.png', 'network-snapshot-000000.008.pkl',
+            'network-snapshot-000000.012.pkl', loop.TEACHER_STATS_FILE} <= names  # ticks < 1 kimg: unique names
     assert not any(n.endswith('.tmp') for n in names)
     assert [i['cur_tick'] for i in infos] == [1, 2, 3] and infos[-1]['done'] and infos[1]['snapshot']
 
@@ -251,7 +252,7 @@ def test_short_run_writes_a_loadable_run_directory(files, tmp_path):
     assert 'tick 3' in log and 'sec/kimg' in log and 'Snapshot' in log
     assert json.load(open(os.path.join(run_dir, rd.OPTIONS_FILE)))['kd'] == 'nickel-dime'
 
-    data = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    data = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.012.pkl'))
     assert {'G', 'G_ema', 'D', 'D_teacher'} <= set(data)
     assert data['training_set_kwargs']['xflip'] is True
     G = data['G_ema']
@@ -262,11 +263,11 @@ def test_short_run_writes_a_loadable_run_directory(files, tmp_path):
     assert not torch.equal(data['D'].b4.out.weight, teacher['D'].b4.out.weight)  # random D^S, then trained
 
     # Warm start of a new run from that snapshot: its first grid is the snapshot's G_ema grid.
-    snapshot = os.path.join(run_dir, 'network-snapshot-000000.pkl')
+    snapshot = os.path.join(run_dir, 'network-snapshot-000000.012.pkl')
     warm_dir = loop.distill(**base_options(files, tmp_path, kimg=STEP_KIMG, resume=snapshot, dime=''))
     assert warm_dir != run_dir and 'Warm start' in open(os.path.join(warm_dir, rd.LOG_FILE)).read()
     first = np.asarray(PIL.Image.open(os.path.join(warm_dir, 'fakes_init.png')))
-    np.testing.assert_array_equal(first, np.asarray(PIL.Image.open(os.path.join(run_dir, 'fakes000000.png'))))
+    np.testing.assert_array_equal(first, np.asarray(PIL.Image.open(os.path.join(run_dir, 'fakes000000.012.png'))))
 
 
 @pytest.mark.slow
@@ -307,9 +308,9 @@ def test_nan_guard_stops_and_keeps_the_last_good_snapshot(files, tmp_path):
 
     with pytest.raises(GanPruneError, match='diverged') as e:
         loop.distill(tick_callback=poison, **base_options(files, tmp_path, snap=1, dime=''))
-    assert '\n' not in str(e.value) and 'network-snapshot-000000.pkl' in str(e.value)
+    assert '\n' not in str(e.value) and 'network-snapshot-000000.004.pkl' in str(e.value)
     run_dir = [os.path.join(tmp_path, p) for p in os.listdir(tmp_path)][0]
-    good = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    good = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.004.pkl'))
     assert all(torch.isfinite(p).all() for p in good['G'].parameters())
     assert load_state(run_dir)['cur_tick'] == 1
     log = open(os.path.join(run_dir, rd.LOG_FILE)).read()  # the failure's traceback is kept for later diagnosis
@@ -328,7 +329,7 @@ def test_baselines_and_data_free_run(files, tmp_path, variant):
                             snap=1, style_mixing=0.0)
     run_dir = loop.distill(**opts)
     rows = rd.read_stats(run_dir)
-    data = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    data = gan_prune.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.008.pkl'))
     if variant == 'data-free-cagan':
         assert 'Loss/G/kd_l1' in rows[-1] and 'Loss/G/kd_perceptual' in rows[-1] and 'Loss/DT/main' in rows[-1]
         assert data['training_set_kwargs'] is None and 'reals.png' not in os.listdir(run_dir)
