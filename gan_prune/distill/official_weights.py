@@ -31,6 +31,7 @@ CLIP_RN50_URL = ('https://openaipublic.azureedge.net/clip/models/'
                  'afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt')
 DINO_RESNET50_URL = 'https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth'
 VGG16_URL = 'https://download.pytorch.org/models/vgg16-397923af.pth'
+VGG16_SHA256_PREFIX = '397923af'  # torchvision names its files <model>-<first 8 hex digits of the sha256>.pth
 OFFLINE_DIME = 'effnet-lite0=15'
 
 
@@ -80,7 +81,7 @@ def official_files() -> dict[str, OfficialFile]:
         'dino-resnet50': OfficialFile('dino-resnet50', 'dino_resnet50_pretrain.pth', DINO_RESNET50_URL,
                                       'DINO ResNet-50', '--embed-weights dino-resnet50=dino_resnet50_pretrain.pth'),
         'vgg16': OfficialFile('vgg16', 'vgg16-397923af.pth', VGG16_URL, "torchvision's VGG-16 for LPIPS",
-                              '--cagan-net lpips-vgg:vgg16-397923af.pth', sha256_prefix='397923af'),
+                              '--cagan-net lpips-vgg:vgg16-397923af.pth', sha256_prefix=VGG16_SHA256_PREFIX),
     }
 
 
@@ -89,7 +90,7 @@ def is_offline() -> bool:
 
 
 def local_copy(spec: str) -> str | None:
-    """A file of the release's name in the weights folders, or a complete copy in the download cache."""
+    """A file of the release's name in the weights folders, or a copy in the download cache."""
     from gan_prune.io.download import cached_path
     from gan_prune.weights import resolve_weights
     entry = official_files()[spec]
@@ -101,17 +102,21 @@ def local_copy(spec: str) -> str | None:
 
 
 def fetch(spec: str, progress: bool = True, log=print) -> str:
-    """A local path of the official weights of `spec`: a local copy, else a checked download (online only)."""
+    """A local path of the official weights of `spec`: a file of the release's name in the weights folders, else
+    the checked copy in the download cache, else a checked download (online only)."""
+    from gan_prune.io.download import cached_path, download
+    from gan_prune.weights import resolve_weights
     entry = official_files()[spec]
-    found = local_copy(spec)
+    found = resolve_weights(entry.file_name)
     if found is not None:
         return found
-    if is_offline():
+    in_cache = os.path.isfile(cached_path(entry.url))
+    if not in_cache and is_offline():
         raise GanPruneError(missing_files_message([spec]))
-    from gan_prune.io.download import download
-    log(f'Downloading {entry.description} weights from {entry.url} (checked: {entry.check})')
+    if not in_cache:
+        log(f'Downloading {entry.description} weights from {entry.url} (checked: {entry.check})')
     try:
-        path = download(entry.url, sha256=entry.sha256, progress=progress)
+        path = download(entry.url, sha256=entry.sha256, progress=progress)  # a cached copy is checked again
     except GanPruneError as e:
         raise GanPruneError(f'{e}; {missing_files_message([spec], offline=False)}') from e
     if entry.sha256_prefix:
@@ -120,9 +125,9 @@ def fetch(spec: str, progress: bool = True, log=print) -> str:
             os.remove(path)  # never leave a file that failed its check in the cache
             raise GanPruneError(f'checksum mismatch for {entry.url}: expected a sha256 starting {entry.sha256_prefix}, '
                                 f'got {digest}; the file on the server is not the expected one')
-    elif not entry.sha256:
-        log(f'{entry.file_name}: no published checksum; received {os.path.getsize(path)} bytes, sha256 '
-            f'{_sha256_of_file(path)}')
+    elif not entry.sha256 and not in_cache:
+        log(f'{entry.file_name}: no published checksum; received {os.path.getsize(path)} bytes (as announced), '
+            f'sha256 {_sha256_of_file(path)}')
     return path
 
 
