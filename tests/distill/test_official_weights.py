@@ -151,3 +151,16 @@ def test_a_file_that_fails_its_checksum_never_stays_in_the_cache(no_local_files,
         assert open(path, 'rb').read() == bad
     finally:
         server.close()
+
+
+def test_distill_offline_with_the_default_dime_stops_with_one_line(no_local_files, offline, capsys):
+    from gan_prune.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(['distill', '--teacher', 't.pkl', '--student', 's.pkl', '--data', 'd.zip'])
+    assert e.value.code == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith('error:') and '\n' not in err
+    assert 'RN50.pt' in err and 'dino_resnet50_pretrain.pth' in err and '--dime effnet-lite0=15' in err
+    assert captured.out.startswith('--kd nickel-dime')  # the preset's summary came first
+    assert not os.path.exists(no_local_files / 'runs')  # nothing was written
