@@ -74,7 +74,8 @@ def build_terms(names, opts: dict, env: TermEnv) -> list[KDTerm]:
     """The terms named (in order) built from the options; terms switched off by their options are left out."""
     terms = []
     for name in names:
-        term = KD_TERMS.get(name).from_options(opts, env)
+        term_class: Any = KD_TERMS.get(name)
+        term = term_class.from_options(opts, env)
         if term is not None:
             terms.append(term.to(env.device))
     return terms
@@ -88,7 +89,7 @@ class DiMETerm(KDTerm):
     """DiME: the student batch's embeddings against the teacher's embedding distribution, in frozen embedders
     (gan_prune.distill.dime). `dime` is a DiMELoss (or any callable images -> weighted scalar)."""
 
-    def __init__(self, dime: Callable[..., torch.Tensor]):
+    def __init__(self, dime: Any):
         super().__init__()
         self.dime = dime
 
@@ -111,10 +112,11 @@ class DiMETerm(KDTerm):
         return cls(dime)
 
     def forward(self, img_s: torch.Tensor, img_t: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        stats = {}
+        stats: dict[str, torch.Tensor] = {}
+        loss: torch.Tensor
         if hasattr(self.dime, 'term_values'):  # DiMELoss: log every embedder's term on its own
             values = self.dime.term_values(img_s, img_t)
-            loss = sum(w * values[n] for n, w in zip(self.dime.names, self.dime.weights))
+            loss = torch.stack([w * values[n] for n, w in zip(self.dime.names, self.dime.weights)]).sum()
             for name, value in values.items():
                 stats[f'Loss/G/dime_{name}'] = value.detach().reshape(1)
         else:
