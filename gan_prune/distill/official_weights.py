@@ -136,10 +136,11 @@ def missing_files_message(specs: Sequence[str], offline: bool = True) -> str:
     entries = [official_files()[s] for s in specs]
     files = ' and '.join(f'{e.file_name} ({e.description}, {e.url})' for e in entries)
     flags = ' '.join(e.flag for e in entries)
-    where = 'this machine is offline' if offline else 'they could not be downloaded'
+    specs_text = ' and '.join(e.spec for e in entries)
+    where = 'this machine is offline' if offline else 'the download failed'
     alternative = (f', or run offline with --dime {OFFLINE_DIME}' if any(e.spec != 'vgg16' for e in entries)
                    else ', or use --cagan-net effnet-lite0 (runs offline)')
-    return (f'{"these weights are" if len(entries) > 1 else "this weights file is"} needed and {where}: {files}; '
+    return (f'{specs_text} need{"" if len(entries) > 1 else "s"} weights that are not here and {where}: {files}; '
             f'download {"them" if len(entries) > 1 else "it"} and pass {flags}{alternative}')
 
 
