@@ -164,3 +164,26 @@ def test_distill_offline_with_the_default_dime_stops_with_one_line(no_local_file
     assert 'RN50.pt' in err and 'dino_resnet50_pretrain.pth' in err and '--dime effnet-lite0=15' in err
     assert captured.out.startswith('--kd nickel-dime')  # the preset's summary came first
     assert not os.path.exists(no_local_files / 'runs')  # nothing was written
+
+
+def test_the_run_records_the_files_it_fetched(no_local_files, online, monkeypatch):
+    from gan_prune.distill import loop
+    payload = _state_bytes(no_local_files, 2)
+    monkeypatch.setattr(ow, 'VGG16_SHA256_PREFIX', hashlib.sha256(payload).hexdigest()[:8])
+    clip_sha = hashlib.sha256(payload).hexdigest()
+    server = _Server({'/vgg16.pth': payload, f'/{clip_sha}/RN50.pt': payload, '/dino.pth': payload})
+    try:
+        monkeypatch.setattr(ow, 'VGG16_URL', f'{server.base}/vgg16.pth')
+        monkeypatch.setattr(ow, 'clip_rn50_url', lambda: f'{server.base}/{clip_sha}/RN50.pt')
+        monkeypatch.setattr(ow, 'DINO_RESNET50_URL', f'{server.base}/dino.pth')
+        required = dict(teacher='t.pkl', student='s.pkl', data='d.zip')
+        cagan = loop.fetch_weights(loop.resolve_options(dict(required, kd='cagan', cagan_mask='none')), progress=False)
+        assert cagan['cagan_net'].startswith('lpips-vgg:') and os.path.isfile(cagan['cagan_net'].split(':', 1)[1])
+        assert cagan['embed_weights'] == []  # --kd cagan runs no DiME: nothing fetched for it
+        method = loop.fetch_weights(loop.resolve_options(dict(required, embed_weights=['dino-resnet50=/my/dino.pth'])),
+                                    progress=False)
+        entries = dict(e.split('=', 1) for e in method['embed_weights'])
+        assert entries['dino-resnet50'] == '/my/dino.pth' and os.path.isfile(entries['clip:RN50'])
+        assert method['cagan_net'] == 'lpips-vgg' and sorted(server.hits) == sorted(['/vgg16.pth', f'/{clip_sha}/RN50.pt'])
+    finally:
+        server.close()
