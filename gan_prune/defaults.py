@@ -43,7 +43,7 @@ DISTILL = dict(
     desc=None,                     # run directory name suffix (None: derived from the options)
     trust=False,                   # let the given files run code (pickles, TorchScript); never read back on --resume
     outdir='runs',
-    kd='nickel-dime',              # 'nickel-dime' (the method) | 'cagan' (masked L1 + perceptual) | 'none'
+    kd='nickel-dime',              # a preset of KD terms (distill/presets.py): 'nickel-dime' (the method) | 'cagan' | 'none'
     kimg=40000,                    # training length in thousands of real images shown
     batch=64,                      # total batch over all GPUs
     batch_gpu=None,                # per-device batch per round (None: batch / gpus; smaller -> accumulation)
@@ -51,7 +51,7 @@ DISTILL = dict(
     snap=50,                       # ticks between snapshots (network pickle, sample grid, resume checkpoint)
     seed=0,
     gpus=1,                        # processes to spawn when not launched by torchrun
-    mirror=False,                  # x-flips of the dataset
+    mirror=True,                   # x-flips of the dataset (the release's config)
     metrics='none',                # comma list computed at every snapshot (e.g. fid); 'none' to skip
     metrics_num_gen=10000,         # generated images per snapshot metric (gan-prune metrics defaults to 50000)
     metrics_detector='effnet-lite0',  # feature network of the metrics (see gan-prune metrics --detector)
@@ -67,7 +67,8 @@ DISTILL = dict(
     ema_rampup=None,               # e.g. 0.05: half-life limited to rampup * cur_nimg early in training
     ds_init='random',              # D^S start: 'random' full-size D (the release) | 'teacher' (copy of D^T)
     teacher_d=True,                # G^S also plays against D^T, which keeps training (method.md sec. 6)
-    dime='effnet-lite0=15',        # DiME terms, comma list of EMBEDDER[:WEIGHTS]=WEIGHT (the release: clip:RN50, dino-resnet50)
+    dime='clip:RN50=15,dino-resnet50=20',  # DiME terms EMBEDDER=WEIGHT, as released; offline: 'effnet-lite0=15'
+    dime_batch=8,                  # images per DiME moment estimate (the release: 8 per GPU per round)
     dime_estimator='moments',      # 'moments' (the release) | 'mmd' (Gaussian-kernel MMD against a teacher bank)
     embed_weights=(),              # weights files of the embedders, SPEC=FILE each (clip:RN50=RN50.pt, ...)
     dime_stats=None,               # teacher statistics npz (gan-prune teacher-stats); None: computed at start
@@ -77,8 +78,9 @@ DISTILL = dict(
     nickel_levels=4,
     cagan_l1=3.0,                  # --kd cagan: weight of the masked L1 term
     cagan_perceptual=3.0,          # --kd cagan: weight of the perceptual term
-    cagan_net='effnet-lite0',      # perceptual network: an embedder spec, or vgg16:FILE (LPIPS-style, local weights)
-    cagan_mask='none',             # content-of-interest mask of the KD terms: 'none' (all pixels) | 'face-parser' | FILE
+    cagan_net='lpips-vgg',         # perceptual network: lpips-vgg[:FILE] (LPIPS), vgg16:FILE (no learned weights), an embedder
+    cagan_mask='face-parser',      # content-of-interest mask of the KD terms: 'face-parser' | 'none' (all pixels) | FILE
+    kd_noise='shared',             # teacher images of the KD terms: 'shared' noise inputs with the student | 'independent'
     parser_weights=None,           # BiSeNet weights (79999_iter.pth) for --cagan-mask face-parser
     workers=2,                     # data loader processes
     grid='8x4',                    # sample grid columns x rows
@@ -114,7 +116,7 @@ EMBED = dict(
 )
 
 DIME = dict(
-    release_spec='clip:RN50=15,dino-resnet50=20',   # the released embedders and weights (needs local weight files)
+    release_spec=DISTILL['dime'],  # the released embedders and weights (files given, cached or downloaded)
     estimator='moments',           # 'moments' (released: L1 on first/second moments) | 'mmd' (unbiased Gaussian MMD^2)
     mmd_scales=[0.5, 1.0, 2.0],    # bandwidths = median pairwise distance x these
     bank_batch=1024,               # teacher-bank rows per MMD evaluation

@@ -1,4 +1,5 @@
-"""Where local weight files for the frozen models are looked for (nothing is ever downloaded at run time).
+"""Where local weight files for the frozen models are looked for (the released method's CLIP, DINO and VGG-16
+files may also come from the download cache: gan_prune.distill.official_weights).
 
 A model option that takes a weights FILE also accepts a bare file name, which is then searched for in, in order:
 $GAN_PRUNE_WEIGHTS (a list separated by os.pathsep), ./weights, and ~/.cache/gan_prune/weights.

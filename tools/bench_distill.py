@@ -42,7 +42,8 @@ VARIANTS = [
     ('without path length', dict(pl_weight=0.0)),
     ('adversarial only (--kd none, D^S only, no regularisers)', dict(kd='none', teacher_d=False, gamma=0.0,
                                                                    pl_weight=0.0)),
-    ('CAGAN baseline (--kd cagan, effnet-lite0 perceptual)', dict(kd='cagan')),
+    ('CAGAN baseline (--kd cagan, effnet-lite0 perceptual)', dict(kd='cagan', cagan_net='effnet-lite0',
+                                                                  cagan_mask='none')),
 ]
 
 

@@ -5,6 +5,11 @@ import click
 from click.core import ParameterSource
 
 from gan_prune.defaults import DISTILL as D
+from gan_prune.distill.presets import KD_PRESETS, PRESET_TABLE
+
+_PRESET_HELP = '; '.join(f'{p.name}: {p.summary}' + (' (sets ' + ', '.join(f'{k}={v}' for k, v in p.sets.items()) + ')'
+                                                     if p.sets else '') for p in PRESET_TABLE)
+_BY_PRESET = ' (--kd cagan and --kd none set their own value: see --kd)'
 
 _NONE = 'none'
 
@@ -28,9 +33,9 @@ def _optional_float(value):
               help='Training images: zip or folder in StyleGAN2-ADA format (optional dataset.json labels).')
 @click.option('--data-free', is_flag=True, default=D['data_free'], show_default=True,
               help='No dataset: teacher samples stand in for the real images.')
-@click.option('--kd', type=click.Choice(['nickel-dime', 'cagan', 'none']), default=D['kd'], show_default=True,
-              help='Distillation: nickel-dime (the method); cagan (masked L1 + perceptual, baseline); '
-                   'none (adversarial fine-tuning only, baseline).')
+@click.option('--kd', type=click.Choice(KD_PRESETS.names()), default=D['kd'], show_default=True,
+              help=f'KD method, a preset of KD terms and options; options given on the command line override the '
+                   f'preset, and the run prints what it used. {_PRESET_HELP}.')
 @click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=D['kimg'], show_default=True,
               help='Training length in thousands of images shown to the discriminators.')
 @click.option('--batch', type=click.IntRange(min=1), default=D['batch'], show_default=True,
@@ -45,8 +50,8 @@ def _optional_float(value):
               help='Random seed (latents, data order, D^S initialisation).')
 @click.option('--gpus', type=click.IntRange(min=1), default=D['gpus'], show_default=True,
               help='Processes to spawn (one per GPU; gloo processes on CPU). Under torchrun, WORLD_SIZE decides.')
-@click.option('--mirror', is_flag=True, default=D['mirror'], show_default=True,
-              help='Add x-flipped copies of the dataset images.')
+@click.option('--mirror/--no-mirror', default=D['mirror'], show_default=True,
+              help='Add x-flipped copies of the dataset images (on: the release\'s config).')
 @click.option('--resume', metavar='RUN_DIR|PKL', default=D['resume'],
               help='A run directory: continue it exactly (other options come from its training_options.json; '
                    'only --kimg, --snap, --metrics, --lr, --gamma and similar may change; --teacher, --student and '
@@ -61,9 +66,11 @@ def _optional_float(value):
               help="Feature network of the metrics: effnet-lite0 (bundled), inception or inception:FILE (TorchScript: "
                    "NVIDIA's published file is known by checksum, any other needs --trust-pickle).")
 @click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=D['lr'], show_default=True,
-              help='Adam learning rate of G^S, D^S and D^T (betas 0, 0.99; lazy-regularisation scaling applied).')
+              help='Adam learning rate of G^S, D^S and D^T (betas 0, 0.99; lazy-regularisation scaling applied); '
+                   '0.0025 is the release\'s paper256 value' + _BY_PRESET + '.')
 @click.option('--gamma', type=click.FloatRange(min=0), default=D['gamma'], show_default=True,
-              help='R1 regularisation weight of both discriminators (1 for paper256, 10 for CAGAN).')
+              help='R1 regularisation weight of both discriminators (1: the release\'s paper256 value; CAGAN uses 10)'
+                   + _BY_PRESET + '.')
 @click.option('--pl-weight', type=click.FloatRange(min=0), default=D['pl_weight'], show_default=True,
               help='Path-length regularisation weight (0 disables it).')
 @click.option('--pl-batch-shrink', type=click.IntRange(min=1), default=D['pl_batch_shrink'], show_default=True,
@@ -84,16 +91,27 @@ def _optional_float(value):
               callback=lambda c, p, v: _optional_float(v),
               help="Limit the EMA half-life to this fraction of the images seen so far ('none': off).")
 @click.option('--ds-init', type=click.Choice(['random', 'teacher']), default=D['ds_init'], show_default=True,
-              help='D^S start: random full-size D (the released method) or a copy of D^T.')
+              help='D^S start: random full-size D (the release\'s choice, the default) or a copy of D^T' + _BY_PRESET
+                   + '.')
 @click.option('--teacher-d/--no-teacher-d', default=D['teacher_d'], show_default=True,
-              help='G^S also plays against D^T, which keeps training (the method); off: D^S only (as CAGAN).')
+              help='G^S also plays against D^T, which keeps training (the method as released); off: D^S only (as '
+                   'CAGAN)' + _BY_PRESET + '.')
 @click.option('--dime', metavar='SPEC', default=D['dime'], show_default=True,
-              help='DiME terms EMBEDDER=WEIGHT, comma separated; the release uses clip:RN50=15,dino-resnet50=20 '
-                   '(needs --embed-weights). The default runs offline.')
+              help='DiME terms EMBEDDER=WEIGHT, comma separated. The default is the release\'s (CLIP RN50: bilinear '
+                   '224 px, no CLIP normalisation; DINO ResNet-50: the raw image; fp16 on CUDA); their weights come '
+                   'from --embed-weights, a local copy, or are downloaded once from their official sources. Offline: '
+                   'effnet-lite0=15 (weights ship with a Python package; effnet-lite0:96=15 is cheaper on small '
+                   'images).')
+@click.option('--dime-batch', type=click.IntRange(min=1), default=D['dime_batch'], show_default=True,
+              help='Images per DiME moment estimate: each round\'s images are split into groups of this size and the '
+                   'group estimates averaged. 8 reproduces the release (batch 64 on 4 GPUs, 8 per GPU per round).')
 @click.option('--dime-estimator', type=click.Choice(['moments', 'mmd']), default=D['dime_estimator'],
-              show_default=True, help='moments: the released first/second-moment L1; mmd: Gaussian-kernel MMD^2.')
+              show_default=True, help='moments: the release\'s first/second-moment L1 (the default); mmd: '
+                                      'Gaussian-kernel MMD^2, the paper\'s wording taken literally.')
 @click.option('--embed-weights', multiple=True, metavar='SPEC=FILE', default=D['embed_weights'],
-              help='Weights file of an embedder (repeat per embedder), e.g. clip:RN50=RN50.pt.')
+              help='Weights file of an embedder (repeat per embedder), e.g. clip:RN50=RN50.pt, '
+                   'dino-resnet50=dino_resnet50_pretrain.pth. Without it the official files are looked for in the '
+                   'weights folders and the download cache, and downloaded when online.')
 @click.option('--dime-stats', metavar='NPZ', default=D['dime_stats'],
               help='Teacher statistics from gan-prune teacher-stats; without it they are computed at the start.')
 @click.option('--dime-stats-samples', type=click.IntRange(min=2), default=D['dime_stats_samples'], show_default=True,
@@ -106,14 +124,21 @@ def _optional_float(value):
 @click.option('--nickel-levels', type=click.IntRange(min=1), default=D['nickel_levels'], show_default=True,
               help='Haar wavelet levels of NICKEL.')
 @click.option('--cagan-l1', type=click.FloatRange(min=0), default=D['cagan_l1'], show_default=True,
-              help='--kd cagan: weight of the L1 term.')
+              help='--kd cagan: weight of the masked L1 term (CAGAN: 3).')
 @click.option('--cagan-perceptual', type=click.FloatRange(min=0), default=D['cagan_perceptual'], show_default=True,
-              help='--kd cagan: weight of the perceptual term.')
+              help='--kd cagan: weight of the perceptual term (CAGAN: 3).')
 @click.option('--cagan-net', metavar='SPEC', default=D['cagan_net'], show_default=True,
-              help='--kd cagan perceptual network: an embedder spec, or vgg16:FILE (LPIPS-style on local VGG16 weights).')
+              help="--kd cagan perceptual network: lpips-vgg (CAGAN's: LPIPS with its learned linear weights from "
+                   "the lpips package; VGG-16 trunk downloaded once, or lpips-vgg:FILE for a local torchvision "
+                   "vgg16 state dict), vgg16:FILE (LPIPS-style without the learned weights) or an embedder spec "
+                   "such as effnet-lite0 (offline).")
 @click.option('--cagan-mask', metavar='none|face-parser|FILE', default=D['cagan_mask'], show_default=True,
-              help='--kd cagan content-of-interest mask: all pixels, BiSeNet face parsing, or your own model file '
-                   '(TorchScript or name + state_dict: it runs code, so it needs --trust-pickle).')
+              help="--kd cagan content-of-interest mask of the teacher image: face-parser (CAGAN's: BiSeNet, needs "
+                   "--parser-weights), none (all pixels), or your own model file (TorchScript or name + state_dict: "
+                   "it runs code, so it needs --trust-pickle).")
+@click.option('--kd-noise', type=click.Choice(['shared', 'independent']), default=D['kd_noise'], show_default=True,
+              help='Noise inputs of the teacher images that instance-level KD terms (--kd cagan) compare with: the '
+                   'student\'s own (shared) or independent draws, as CAGAN does' + _BY_PRESET + '.')
 @click.option('--parser-weights', metavar='FILE', default=D['parser_weights'],
               help='BiSeNet face-parsing weights (79999_iter.pth) for --cagan-mask face-parser.')
 @click.option('--workers', type=click.IntRange(min=0), default=D['workers'], show_default=True,
@@ -140,13 +165,11 @@ def command(ctx: click.Context, **options) -> None:
     Several GPUs: torchrun --nproc_per_node N -m gan_prune distill ... (or --gpus N).
     """
     from gan_prune.distill.loop import distill
-    options['embed_weights'] = list(options['embed_weights'])
-    if options.get('resume'):
-        import os
-        if os.path.isdir(options['resume']):
-            # Continue with the run's own options; only what the user typed overrides them.
-            options = {k: v for k, v in options.items()
-                       if k == 'resume' or ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
-                                                                           ParameterSource.ENVIRONMENT)}
+    # Only what the user typed goes on: the --kd preset and a resumed run's own options fill in the rest, and
+    # an explicit option always wins over both.
+    options = {k: v for k, v in options.items()
+               if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    if 'embed_weights' in options:
+        options['embed_weights'] = list(options['embed_weights'])
     run_dir = distill(**options)
     click.echo(f'Run directory: {run_dir}')

@@ -225,10 +225,15 @@ class DiMELoss(nn.Module):
     it is embedded without gradient.
     """
 
-    def __init__(self, terms: Sequence[tuple[Embedder, DiMEEstimator, float]]):
+    def __init__(self, terms: Sequence[tuple[Embedder, DiMEEstimator, float]], chunk: int | None = None):
         super().__init__()
         if not terms:
             raise ValueError('DiMELoss needs at least one term')
+        if chunk is not None and int(chunk) < 1:
+            raise GanPruneError(f'--dime-batch must be at least 1, got {chunk}')
+        # Images per estimate: the release estimates the moments on each GPU's 8 images of a round, so a larger
+        # batch on one device is split into groups of `chunk` and the group values are averaged.
+        self.chunk = int(chunk) if chunk else None
         self.embedders = nn.ModuleList([t[0] for t in terms])
         self.estimators = nn.ModuleList([t[1] for t in terms])
         self.weights = [float(t[2]) for t in terms]
@@ -240,7 +245,23 @@ class DiMELoss(nn.Module):
 
     def term_values(self, student_img: torch.Tensor, teacher_img: torch.Tensor | None = None
                     ) -> dict[str, torch.Tensor]:
-        """Unweighted value of each term, keyed by embedder name."""
+        """Unweighted value of each term, keyed by embedder name: with `chunk`, the batch is split into
+        ceil(N / chunk) groups of (nearly) equal size, `chunk` images each when it divides N, and the estimates
+        of the groups are averaged, weighted by group size."""
+        n = student_img.shape[0]
+        if not self.chunk or self.chunk >= n:
+            return self._term_values(student_img, teacher_img)
+        total: dict[str, torch.Tensor] = {}
+        bounds = torch.tensor_split(torch.arange(n), math.ceil(n / self.chunk))
+        for rows in bounds:
+            part = slice(int(rows[0]), int(rows[-1]) + 1)
+            group = self._term_values(student_img[part], None if teacher_img is None else teacher_img[part])
+            share = len(rows) / n
+            for name, value in group.items():
+                total[name] = total[name] + share * value if name in total else share * value
+        return total
+
+    def _term_values(self, student_img: torch.Tensor, teacher_img: torch.Tensor | None) -> dict[str, torch.Tensor]:
         values = {}
         for name, embedder, estimator in zip(self.names, self.embedders, self.estimators):
             teacher_emb = None
@@ -260,10 +281,11 @@ class DiMELoss(nn.Module):
     def build(cls, spec: str, estimator: str = DIME['estimator'], stats=None,
               weight_files: Sequence[str] | Mapping[str, str] | None = None, normalize: bool = False,
               mmd_scales: Sequence[float] = DEFAULT_MMD_SCALES, bank_batch: int | None = DEFAULT_BANK_BATCH,
-              trust: bool = False) -> 'DiMELoss':
+              trust: bool = False, chunk: int | None = None) -> 'DiMELoss':
         """Build from a spec string. `stats`: a TeacherStats or the path of a teacher-stats .npz; with
         'moments' its mu1/mu2 are used, with 'mmd' its embedding bank (if any). Without stats the loss needs
-        teacher images every step. `trust` lets TorchScript embedder files run (--trust-pickle)."""
+        teacher images every step. `trust` lets TorchScript embedder files run (--trust-pickle). `chunk`: images
+        per estimate (--dime-batch; None: the whole batch of a call)."""
         if estimator not in ESTIMATORS:
             raise GanPruneError(f'unknown DiME estimator {estimator!r}; choose one of {", ".join(ESTIMATORS)}')
         if isinstance(stats, (str, bytes)) or hasattr(stats, '__fspath__'):
@@ -290,4 +312,4 @@ class DiMELoss(nn.Module):
                 bank = entry.bank if entry is not None else None
                 est = KernelMMD(bank, scales=mmd_scales, bank_batch=bank_batch)
             terms.append((embedder, est, weight))
-        return cls(terms)
+        return cls(terms, chunk=chunk)

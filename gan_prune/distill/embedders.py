@@ -69,6 +69,9 @@ class Embedder(nn.Module):
     """
 
     family = ''
+    #: On CUDA, run the network in float16 under autocast, as the release runs CLIP and DINO; always fp32 on the CPU
+    #: (float16 convolutions are many times slower there). The output is float32 either way.
+    cuda_fp16 = False
 
     def __init__(self, name: str, dim: int, normalize: bool):
         super().__init__()
@@ -107,7 +110,9 @@ class Embedder(nn.Module):
             img = img.expand(-1, 3, -1, -1)
         elif img.shape[1] != 3:
             raise GanPruneError(f'{self.name}: images must have 1 or 3 channels, got {img.shape[1]}')
-        out = self.embed(self.prepare(img))
+        x = self.prepare(img)
+        with torch.autocast('cuda', dtype=torch.float16, enabled=self.cuda_fp16 and x.is_cuda):
+            out = self.embed(x)
         return out.reshape(out.shape[0], -1).float()
 
 
@@ -195,6 +200,7 @@ class ClipEmbedder(Embedder):
     OpenAI's RN50: bilinear resize to 224, pixels in [-1, 1], no CLIP mean/std."""
 
     family = 'clip'
+    cuda_fp16 = True
 
     def __init__(self, arch: str = DEFAULT_CLIP_ARCH, weights: str | None = None, normalize: bool = False,
                  trust: bool = False):
@@ -289,6 +295,7 @@ class DinoResNet50Embedder(_RawInputEmbedder):
     The released method feeds the raw [-1, 1] images at their own resolution."""
 
     family = 'dino-resnet50'
+    cuda_fp16 = True
 
     def __init__(self, weights: str | None = None, normalize: bool = False):
         import torchvision

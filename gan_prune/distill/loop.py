@@ -38,7 +38,7 @@ import torch
 from gan_prune import fileio
 from gan_prune.defaults import DISTILL
 from gan_prune.distill import rundir as rd
-from gan_prune.distill.losses import KD_MODES, CaganKD, DistillLoss, PerceptualDistance
+from gan_prune.distill.losses import DistillLoss
 from gan_prune.errors import GanPruneError
 
 RESUME_FORMAT = 'gan_prune.distill.resume.v1'
@@ -53,8 +53,9 @@ RESUME_OVERRIDABLE = ('kimg', 'snap', 'tick', 'metrics', 'metrics_num_gen', 'met
 # Options
 
 def resolve_options(options: dict) -> dict:
-    """DISTILL defaults updated with `options`; for `resume=RUN_DIR`, the run's saved options updated with the
-    overridable ones. Raises GanPruneError for unknown or inconsistent options.
+    """DISTILL defaults, then the options the `kd` preset sets (gan_prune.distill.presets), then `options` (only
+    what the user gave: an option given here always wins over the preset); for `resume=RUN_DIR`, the run's saved
+    options updated with the overridable ones. Raises GanPruneError for unknown or inconsistent options.
 
     `trust` is never read from a run directory: a resumed run trusts its files (lets them run code) only when
     `options` says so, so a run directory handed over by someone else cannot make us run code."""
@@ -76,8 +77,8 @@ def resolve_options(options: dict) -> dict:
         opts['resume'] = os.path.abspath(resume)
         opts['trust'] = bool(options.get('trust', False))
     else:
-        opts = dict(DISTILL)
-        opts.update(options)
+        from gan_prune.distill.presets import apply_preset
+        opts = apply_preset(DISTILL, options)
         opts = _absolute_paths(opts)  # defaults such as outdir too
     opts['embed_weights'] = list(opts.get('embed_weights') or [])
     _validate(opts)
@@ -166,8 +167,7 @@ def _validate(o: dict) -> None:
                             'as real images)')
     if o.get('resume') and not resuming_dir and not os.path.isfile(o['resume']):
         raise GanPruneError(f'--resume {o["resume"]} is neither a run directory nor a snapshot .pkl')
-    if o['kd'] not in KD_MODES:
-        raise GanPruneError(f'unknown --kd {o["kd"]!r}; choose one of {", ".join(KD_MODES)}')
+    _validate_kd(o)
     if o['ds_init'] not in ('random', 'teacher'):
         raise GanPruneError(f"--ds-init must be 'random' or 'teacher', got {o['ds_init']!r}")
     if o['dime_estimator'] not in ('moments', 'mmd'):
@@ -190,6 +190,25 @@ def _validate(o: dict) -> None:
     if o['device'] not in ('auto', 'cpu', 'cuda') and not str(o['device']).startswith('cuda:'):
         raise GanPruneError(f"--device must be auto, cpu or cuda, got {o['device']!r}")
     _validate_specs(o)
+
+
+def _validate_kd(o: dict) -> None:
+    """The KD method and the options of its terms; what a term needs comes from the facts it declares."""
+    from gan_prune.distill.presets import get_preset
+    from gan_prune.distill.terms import KD_TERMS
+    terms = get_preset(str(o['kd'])).terms
+    if o['kd_noise'] not in ('shared', 'independent'):
+        raise GanPruneError(f"--kd-noise must be 'shared' or 'independent', got {o['kd_noise']!r}")
+    if not isinstance(o['dime_batch'], int) or o['dime_batch'] < 1:
+        raise GanPruneError(f'--dime-batch must be a whole number of images >= 1, got {o["dime_batch"]!r}')
+    if o['dime_estimator'] == 'mmd' and o['dime_batch'] < 4:
+        raise GanPruneError(f'--dime-estimator mmd needs at least 4 images per estimate; --dime-batch '
+                            f'{o["dime_batch"]} is too small')
+    masked = [t for t in terms if KD_TERMS.info(t).get('uses_mask')]
+    if masked and str(o.get('cagan_mask')) == 'face-parser' and not o.get('parser_weights'):
+        raise GanPruneError(f'--kd {o["kd"]} masks its KD terms with the teacher image\'s face-parsing mask, which '
+                            f'needs --parser-weights 79999_iter.pth (BiSeNet, github.com/zllrunning/face-parsing.'
+                            f'PyTorch); or pass --cagan-mask none (every pixel) or --cagan-mask FILE (your own model)')
 
 
 def _validate_specs(o: dict) -> None:
@@ -382,12 +401,36 @@ def distill(tick_callback: Callable[[dict], None] | None = None, **options) -> s
     """
     opts = resolve_options(options)
     rank, world, local_rank = world_from_env()
+    new_run = not (opts.get('resume') and os.path.isdir(opts['resume']))
+    if new_run and rank == 0:
+        from gan_prune.distill.presets import preset_summary
+        print(preset_summary(opts, options), flush=True)
+    opts = fetch_weights(opts, progress=rank == 0)
     if world > 1:  # launched by torchrun
         return _run_process(rank, world, local_rank, opts, None, tick_callback)
     gpus = int(opts['gpus'])
     if gpus > 1:
         return _spawn(gpus, opts, tick_callback)
     return _run_process(0, 1, 0, opts, None, tick_callback)
+
+
+def fetch_weights(opts: dict, progress: bool = True) -> dict:
+    """`opts` with the weights files of the frozen networks its KD terms use: given, found locally, or
+    downloaded once from their official sources (gan_prune.distill.official_weights). The resolved paths go
+    into the options, so training_options.json records which files the run used."""
+    from gan_prune.distill import official_weights as ow
+    from gan_prune.distill.dime import parse_dime_spec
+    from gan_prune.distill.presets import get_preset
+    terms = get_preset(str(opts['kd'])).terms
+    opts = dict(opts)
+    log = print if progress else (lambda msg: None)
+    dime = str(opts.get('dime') or '')
+    if 'dime' in terms and dime.strip().lower() not in ('', 'none'):
+        names = [n for n, _ in parse_dime_spec(dime)]
+        opts['embed_weights'] = ow.resolve_embed_weights(names, opts['embed_weights'], progress=progress, log=log)
+    if 'cagan' in terms and opts['cagan_perceptual'] > 0 and str(opts['cagan_net']) == 'lpips-vgg':
+        opts['cagan_net'] = f'lpips-vgg:{ow.fetch("vgg16", progress=progress, log=log)}'
+    return opts
 
 
 def _input_files(opts: dict) -> list[tuple[str, str]]:
@@ -665,58 +708,30 @@ class Trainer:
             self.data_desc = f'{dataset.path} ({len(dataset)} images{" with x-flips" if opts["mirror"] else ""})'
 
     def _setup_losses(self) -> None:
+        """The objective: the adversarial game plus the KD terms of the --kd preset, built from the registry."""
+        from gan_prune.distill.presets import get_preset
+        from gan_prune.distill.terms import TermEnv, build_terms
         opts = self.opts
-        dime = nickel = cagan = None
-        nickel_res = None
-        if opts['kd'] == 'nickel-dime':
-            dime = self._build_dime()
-            if opts['nickel_weight'] > 0:
-                from gan_prune.distill.nickel import DiscriminatorFeatureTap, GeneratorFeatureTap, NickelLoss, \
-                    shared_resolution
-                wanted = int(opts['nickel_res'] or max(4, self.G_t.img_resolution // 4))
-                nickel_res = shared_resolution(self.G_t, self.D_s, wanted)
-                with GeneratorFeatureTap(self.G_t, nickel_res) as gt, DiscriminatorFeatureTap(self.D_s, nickel_res) as ds:
-                    t_ch, s_ch = gt.channels, ds.channels
-                levels = min(int(opts['nickel_levels']), int(math.log2(nickel_res)))
-                nickel = NickelLoss(t_ch, s_ch, levels=levels).to(self.device)
-                if self.is_main:
-                    self.log(f'NICKEL at {nickel_res}x{nickel_res}: teacher G {t_ch} ch, student D {s_ch} ch, '
-                             f'{levels} Haar levels{", 1x1 projection" if nickel.has_projection else ""}')
-        elif opts['kd'] == 'cagan':
-            perceptual = (PerceptualDistance(opts['cagan_net'], trust=bool(opts['trust'])).to(self.device)
-                          if opts['cagan_perceptual'] > 0 else None)
-            mask = None  # 'none': every pixel counts, and skipping the multiply is cheaper than a ones mask
-            if str(opts['cagan_mask']) != 'none':
-                from gan_prune.prune.masks import build_mask
-                mask = build_mask(opts['cagan_mask'], opts.get('parser_weights'), trust=bool(opts['trust']),
-                                  option='--cagan-mask').to(self.device)
-            cagan = CaganKD(perceptual, opts['cagan_l1'], opts['cagan_perceptual'], mask=mask)
-        self.loss = DistillLoss(self.G_s, self.G_t, self.D_s, self.D_t, dime=dime, nickel=nickel,
-                                nickel_res=nickel_res, nickel_weight=opts['nickel_weight'], cagan=cagan,
+        env = TermEnv(G_t=self.G_t, D_s=self.D_s, device=self.device, trust=bool(opts['trust']), log=self.log,
+                      teacher_stats=self._teacher_stats_path)
+        terms = build_terms(get_preset(str(opts['kd'])).terms, opts, env)
+        self.loss = DistillLoss(self.G_s, self.G_t, self.D_s, self.D_t, terms=terms,
                                 r1_gamma=opts['gamma'], pl_weight=opts['pl_weight'],
                                 pl_batch_shrink=opts['pl_batch_shrink'], pl_decay=opts['pl_decay'],
                                 style_mixing=opts['style_mixing'], force_fp32=self.force_fp32,
+                                shared_noise=opts['kd_noise'] == 'shared',
                                 all_reduce_mean=self.dist.all_reduce_mean if self.dist.active else None)
         self.loss.path_length.to(self.device)
 
-    def _build_dime(self):
-        from gan_prune.distill.dime import DiMELoss
-        opts = self.opts
-        if not opts['dime']:
-            return None
-        stats = opts.get('dime_stats')
+    def _teacher_stats_path(self) -> str:
+        """The DiME teacher statistics: --dime-stats, or computed once into the run directory (main process)."""
+        stats = self.opts.get('dime_stats')
         if not stats:
             stats = os.path.join(self.run_dir, TEACHER_STATS_FILE)
             if self.is_main and not os.path.exists(stats):
                 self._compute_teacher_stats(stats)
             self.dist.barrier()
-        from gan_prune.distill.teacher_stats import load_teacher_stats
-        stats = load_teacher_stats(stats)
-        # The embedders prepare images the way the statistics were made (--normalize of teacher-stats).
-        dime = DiMELoss.build(opts['dime'], estimator=opts['dime_estimator'], stats=stats,
-                              weight_files=opts['embed_weights'] or None, normalize=stats.normalize,
-                              trust=bool(opts['trust']))
-        return dime.to(self.device)
+        return stats
 
     def _compute_teacher_stats(self, path: str) -> None:
         from gan_prune.distill.dime import parse_dime_spec, resolve_weight_files
@@ -736,14 +751,14 @@ class Trainer:
         self.G_t.eval().requires_grad_(False)
 
     def _nickel_params(self) -> list:
-        return list(self.loss.nickel.parameters()) if self.loss.nickel is not None else []
+        """Parameters of the trainable KD terms (NICKEL's projection), trained with D^S."""
+        return [p for term in self.loss.trainable_terms().values() for p in term.parameters()]
 
     def _trained_modules(self) -> list[torch.nn.Module]:
         mods = [self.G_s, self.G_ema, self.D_s]
         if self.D_t is not None:
             mods.append(self.D_t)
-        if self.loss.nickel is not None:
-            mods.append(self.loss.nickel)
+        mods.extend(self.loss.trainable_terms().values())
         return mods
 
     # -- resume
@@ -757,7 +772,7 @@ class Trainer:
             'elapsed': self.elapsed, 'world': self.world,
             'G': self.G_s.state_dict(), 'G_ema': self.G_ema.state_dict(), 'D': self.D_s.state_dict(),
             'D_teacher': self.D_t.state_dict() if self.D_t is not None else None,
-            'nickel': self.loss.nickel.state_dict() if self.loss.nickel is not None else None,
+            'kd_terms': {name: term.state_dict() for name, term in self.loss.trainable_terms().items()},
             'path_length': self.loss.path_length.state_dict(),
             'opt_G': self.opt_G.state_dict(), 'opt_D': {k: o.state_dict() for k, o in self.opt_D.items()},
             'processes': per_process,
@@ -773,8 +788,11 @@ class Trainer:
             self.D_s.load_state_dict(state['D'])
             if self.D_t is not None:
                 self.D_t.load_state_dict(state['D_teacher'])
-            if self.loss.nickel is not None:
-                self.loss.nickel.load_state_dict(state['nickel'])
+            for name, term in self.loss.trainable_terms().items():
+                if 'kd_terms' in state:
+                    term.load_state_dict(state['kd_terms'][name])
+                else:  # checkpoints written before the KD terms had a registry
+                    term.nickel.load_state_dict(state['nickel'])
             self.loss.path_length.load_state_dict(state['path_length'])
             self.opt_G.load_state_dict(state['opt_G'])
             for k, opt in self.opt_D.items():

@@ -4,8 +4,8 @@ Objective (method.md sections 6-7), sp = softplus:
     G^S:  sp(-D^S(x_S)) + sp(-D^T(x_S)) + KD(x_S) [+ path-length penalty, lazily]
     D^S:  sp(D^S(x_S)) + sp(-D^S(x_real)) + nickel_weight * L_NICKEL [+ R1, lazily]
     D^T:  sp(D^T(x_S)) + sp(-D^T(x_real)) [+ R1, lazily]
-KD is one of: DiME (`--kd nickel-dime`, which also switches NICKEL on), CAGAN's masked L1 + perceptual
-(`--kd cagan`), or nothing (`--kd none`, adversarial fine-tuning only).
+KD is a list of terms (gan_prune.distill.terms) chosen by the `--kd` preset (gan_prune.distill.presets):
+DiME and NICKEL (`nickel-dime`, the method), CAGAN's masked L1 + LPIPS (`cagan`), or none (`none`).
 
 Every function returns batch-mean scalar losses plus a dict of detached per-sample values for stats.jsonl;
 the loop multiplies by the lazy-regularisation gain, calls backward and decides which module's parameters
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,6 @@ from torch import nn
 
 from gan_prune.errors import GanPruneError
 
-KD_MODES = ('nickel-dime', 'cagan', 'none')
 # LPIPS input scaling (Zhang et al. 2018): images in [-1, 1] are shifted/scaled per channel before VGG.
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -152,6 +151,9 @@ class PathLengthRegularizer(nn.Module):
 class PerceptualDistance(nn.Module):
     """Per-sample perceptual distance between two image batches in [-1, 1].
 
+    spec `lpips-vgg[:FILE]`: LPIPS (Zhang et al. 2018) as the `lpips` package computes it, VGG variant, with its
+    learned per-channel linear weights (shipped with the package); the VGG-16 trunk is torchvision's ImageNet
+    state dict FILE, or without FILE the official file (local copy, cache, or a checked download).
     spec `vgg16:FILE`: LPIPS-style distance on torchvision VGG16 features (weights from a local state dict):
     channel-normalised activations at relu1_2..relu5_3, squared differences summed over channels, averaged
     over pixels, summed over layers (LPIPS without its learned per-channel weights).
@@ -162,7 +164,10 @@ class PerceptualDistance(nn.Module):
     def __init__(self, spec: str, trust: bool = False):
         super().__init__()
         self.spec = spec
-        if spec.startswith('vgg16:'):
+        if spec == LPIPS_VGG or spec.startswith(LPIPS_VGG + ':'):
+            self.kind = 'lpips'
+            self.lpips = _load_lpips_vgg(spec.partition(':')[2] or None)
+        elif spec.startswith('vgg16:'):
             self.kind = 'vgg16'
             self.features = _load_vgg16_features(spec.split(':', 1)[1])
             self.register_buffer('shift', torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
@@ -181,6 +186,8 @@ class PerceptualDistance(nn.Module):
             ea = F.normalize(self.embedder(a), dim=1)
             eb = F.normalize(self.embedder(b), dim=1)
             return (ea - eb).square().sum(1)
+        if self.kind == 'lpips':
+            return self.lpips(self._sized(a), self._sized(b)).flatten()
         x, y = self._vgg_input(a), self._vgg_input(b)
         total = a.new_zeros([a.shape[0]], dtype=torch.float32)
         last = max(VGG16_TAPS)
@@ -194,13 +201,46 @@ class PerceptualDistance(nn.Module):
                 break
         return total
 
-    def _vgg_input(self, img: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _sized(img: torch.Tensor) -> torch.Tensor:
         img = img.float()
         if img.shape[1] == 1:
             img = img.expand(-1, 3, -1, -1)
         if img.shape[-1] < 32:  # five max-pools need at least 32 px
             img = F.interpolate(img, size=(32, 32), mode='bilinear', align_corners=False)
-        return (img - self.shift) / self.scale
+        return img
+
+    def _vgg_input(self, img: torch.Tensor) -> torch.Tensor:
+        return (self._sized(img) - self.shift) / self.scale
+
+
+LPIPS_VGG = 'lpips-vgg'
+
+
+def _load_lpips_vgg(path: str | None) -> nn.Module:
+    """lpips.LPIPS(net='vgg') with the package's linear weights and the VGG-16 trunk read from `path` (a
+    torchvision vgg16 state dict; None: the official file). lpips never downloads anything here."""
+    import warnings
+    try:
+        import lpips
+    except ImportError:
+        raise GanPruneError('--cagan-net lpips-vgg needs the lpips package: pip install lpips') from None
+    if path is None:
+        from gan_prune.distill.official_weights import fetch
+        path = fetch('vgg16')
+    features = _load_vgg16_features(path)
+    with warnings.catch_warnings():  # lpips builds its random trunk with torchvision's deprecated pretrained=False
+        warnings.simplefilter('ignore')
+        model = lpips.LPIPS(net='vgg', pretrained=True, pnet_rand=True, verbose=False)
+    # lpips splits torchvision's features into slices that keep the layer indices: features.{i} -> slice{k}.{i}.
+    trunk = {}
+    for slice_name, block in model.net.named_children():
+        for index in block._modules:
+            layer = features[int(index)]
+            for key, value in layer.state_dict().items():
+                trunk[f'{slice_name}.{index}.{key}'] = value
+    model.net.load_state_dict(trunk, strict=True)
+    return model.eval().requires_grad_(False)
 
 
 def _load_vgg16_features(path: str) -> nn.Module:
@@ -259,31 +299,70 @@ class DistillLoss:
 
     G_s: student generator (trained); G_t: teacher generator (frozen); D_s: student discriminator (trained);
     D_t: teacher discriminator (trained) or None to play against D^S only.
-    dime: callable student images -> scalar weighted DiME loss (gan_prune.distill.dime), or None.
-    nickel: NickelLoss (its projection is trained with D^S) or None; nickel_res: feature resolution.
-    cagan: CaganKD or None.
+    terms: the KD terms (gan_prune.distill.terms), each added to the G^S or the D^S loss as it declares.
+    dime / nickel (with nickel_res, nickel_weight) / cagan: the same terms given as bare modules (wrapped here).
+    shared_noise: the teacher images of the G phase use the student's noise inputs (False: independent noise).
     """
 
     def __init__(self, G_s: nn.Module, G_t: nn.Module, D_s: nn.Module, D_t: nn.Module | None = None, *,
+                 terms: Sequence[nn.Module] = (),
                  dime: Callable[[torch.Tensor], torch.Tensor] | None = None, nickel: nn.Module | None = None,
                  nickel_res: int | None = None, nickel_weight: float = 10.0, cagan: CaganKD | None = None,
                  r1_gamma: float = 1.0, pl_weight: float = 2.0, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
-                 style_mixing: float = 0.9, force_fp32: bool = True,
+                 style_mixing: float = 0.9, force_fp32: bool = True, shared_noise: bool = True,
                  all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        from gan_prune.distill.terms import CaganTerm, DiMETerm, NickelTerm
         if G_s.num_ws != G_t.num_ws or G_s.z_dim != G_t.z_dim or G_s.c_dim != G_t.c_dim:
             raise GanPruneError('student and teacher generators differ in z_dim, c_dim or num_ws; the student must be '
                                 'a pruned copy of the teacher (gan-prune prune)')
         if nickel is not None and nickel_res is None:
             raise ValueError('nickel_res is required with a NICKEL loss')
         self.G_s, self.G_t, self.D_s, self.D_t = G_s, G_t, D_s, D_t
-        self.dime, self.nickel, self.nickel_res, self.nickel_weight = dime, nickel, nickel_res, float(nickel_weight)
-        self.cagan = cagan
+        terms = list(terms)
+        if dime is not None:
+            terms.append(DiMETerm(dime))
+        if cagan is not None:
+            terms.append(CaganTerm(cagan))
+        if nickel is not None:
+            terms.append(NickelTerm(nickel, nickel_res, nickel_weight))
+        self.terms = terms
         self.r1_gamma, self.pl_weight = float(r1_gamma), float(pl_weight)
         self.pl_batch_shrink = max(1, int(pl_batch_shrink))
         self.style_mixing = float(style_mixing)
         self.force_fp32 = bool(force_fp32)
+        self.shared_noise = bool(shared_noise)
         self.path_length = PathLengthRegularizer(pl_decay)
         self.all_reduce_mean = all_reduce_mean
+
+    def terms_of_phase(self, phase: str) -> list[nn.Module]:
+        return [t for t in self.terms if t.phase == phase]
+
+    def trainable_terms(self) -> dict[str, nn.Module]:
+        """Terms with parameters of their own (trained with D^S, saved in resume.pt), by name."""
+        return {t.name: t for t in self.terms if t.trainable}
+
+    def _term(self, name: str) -> nn.Module | None:
+        return next((t for t in self.terms if t.name == name), None)
+
+    @property
+    def dime(self):
+        term = self._term('dime')
+        return term.dime if term is not None else None
+
+    @property
+    def nickel(self) -> nn.Module | None:
+        term = self._term('nickel')
+        return term.nickel if term is not None else None
+
+    @property
+    def nickel_res(self) -> int | None:
+        term = self._term('nickel')
+        return term.resolution if term is not None else None
+
+    @property
+    def cagan(self) -> CaganKD | None:
+        term = self._term('cagan')
+        return term.kd if term is not None else None
 
     def discriminators(self) -> dict[str, nn.Module]:
         return {'DS': self.D_s} if self.D_t is None else {'DS': self.D_s, 'DT': self.D_t}
@@ -300,9 +379,10 @@ class DistillLoss:
         """Batch-mean adversarial + KD loss of G^S, and per-sample stats."""
         stats = {}
         img_t = None
-        dime_needs_teacher = self.dime is not None and getattr(self.dime, 'needs_teacher_images', False)
-        if self.cagan is not None or dime_needs_teacher:
-            with torch.no_grad(), same_noise(latents.z.device):
+        kd_terms = self.terms_of_phase('G')
+        if any(t.needs_teacher_images for t in kd_terms):
+            noise = same_noise(latents.z.device) if self.shared_noise else contextlib.nullcontext()
+            with torch.no_grad(), noise:
                 img_t, _ = synthesize(self.G_t, latents, self.force_fp32)
         img_s, _ = synthesize(self.G_s, latents, self.force_fp32)
 
@@ -317,22 +397,10 @@ class DistillLoss:
             stats['Loss/scores/fake_DT'] = logits_t.detach().flatten()
             stats['Loss/G/adv_DT'] = adv_t.detach()
         loss = loss.mean()
-        if self.dime is not None:
-            if hasattr(self.dime, 'term_values'):  # DiMELoss: log every embedder's term on its own
-                values = self.dime.term_values(img_s, img_t)
-                dime = sum(w * values[n] for n, w in zip(self.dime.names, self.dime.weights))
-                for name, value in values.items():
-                    stats[f'Loss/G/dime_{name}'] = value.detach().reshape(1)
-            else:
-                dime = self.dime(img_s)
-            loss = loss + dime
-            stats['Loss/G/dime'] = dime.detach().reshape(1)
-        if self.cagan is not None:
-            l1, perceptual = self.cagan(img_s, img_t)
-            kd = self.cagan.l1_weight * l1.mean() + self.cagan.perceptual_weight * perceptual.mean()
-            loss = loss + kd
-            stats['Loss/G/kd_l1'] = l1.detach()
-            stats['Loss/G/kd_perceptual'] = perceptual.detach()
+        for term in kd_terms:
+            value, term_stats = term(img_s, img_t)
+            loss = loss + value
+            stats.update(term_stats)
         stats['Loss/G/main'] = loss.detach().reshape(1)
         return loss, stats
 
@@ -371,12 +439,13 @@ class DistillLoss:
             penalty = r1_penalty(real_logits, real)
             loss = loss + penalty.mean() * (self.r1_gamma / 2)
             stats[f'Loss/{which}/r1_penalty'] = penalty.detach()
-        if which == 'DS' and self.nickel is not None:
-            if teacher_latents is None:
-                raise ValueError('NICKEL needs the teacher latents of the discriminator step')
-            nickel = self.nickel_term(teacher_latents)
-            loss = loss + self.nickel_weight * nickel
-            stats['Loss/DS/nickel'] = nickel.detach().reshape(1)
+        if which == 'DS':
+            for term in self.terms_of_phase('DS'):
+                if teacher_latents is None:
+                    raise ValueError(f'the {term.name} term needs the teacher latents of the discriminator step')
+                value, term_stats = term(self, teacher_latents)
+                loss = loss + value
+                stats.update(term_stats)
         stats[f'Loss/{which}/main'] = loss.detach().reshape(1)
         return loss, stats
 
@@ -391,13 +460,17 @@ class DistillLoss:
         return penalty.mean() * (self.r1_gamma / 2), {f'Loss/{which}/r1_penalty': penalty.detach()}
 
     def nickel_term(self, latents: MixedLatents) -> torch.Tensor:
-        """L_NICKEL: teacher-G features at nickel_res vs D^S features on the teacher image (grad to D^S only)."""
+        """L_NICKEL of this objective's NICKEL term (unweighted)."""
+        return self.nickel_features_loss(self.nickel, self.nickel_res, latents)
+
+    def nickel_features_loss(self, nickel: nn.Module, resolution: int, latents: MixedLatents) -> torch.Tensor:
+        """`nickel`(teacher-G features at `resolution`, D^S features on the teacher image); grad to D^S only."""
         from gan_prune.distill.nickel import DiscriminatorFeatureTap, GeneratorFeatureTap
         # Taps live only for one call: a hook left on a module would be deep-copied into snapshots.
-        with torch.no_grad(), GeneratorFeatureTap(self.G_t, self.nickel_res) as g_tap:
+        with torch.no_grad(), GeneratorFeatureTap(self.G_t, resolution) as g_tap:
             img_t, _ = synthesize(self.G_t, latents, self.force_fp32)
             feat_t = g_tap.pop().detach()
-        with DiscriminatorFeatureTap(self.D_s, self.nickel_res) as d_tap:
+        with DiscriminatorFeatureTap(self.D_s, resolution) as d_tap:
             self._D(self.D_s, img_t.detach(), latents.c)
             feat_s = d_tap.pop()
-        return self.nickel(feat_t, feat_s)
+        return nickel(feat_t, feat_s)

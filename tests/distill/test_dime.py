@@ -215,3 +215,24 @@ def test_dime_loss_build_from_stats(tmp_path):
         DiMELoss.build('effnet-lite0', stats=other)
     with pytest.raises(GanPruneError):
         DiMELoss.build('effnet-lite0', stats=str(tmp_path / 'missing.npz'))
+
+
+def test_dime_batch_estimates_per_group_of_images_as_released():
+    """--dime-batch 8 on a batch of 16: the mean of the moment estimates of the two groups of 8."""
+    torch.manual_seed(0)
+    emb = PooledConvEmbedder(4, 'a', seed=1)
+    img = torch.rand([16, 3, 8, 8]) * 2 - 1
+    with torch.no_grad():  # the statistics are those of these 16 images
+        e = emb(img)
+    mu1, mu2 = e.mean(0), e.square().mean(0)
+    whole = DiMELoss([(emb, MomentsDiME(mu1, mu2), 2.0)])
+    grouped = DiMELoss([(emb, MomentsDiME(mu1, mu2), 2.0)], chunk=8)
+    halves = (whole(img[:8]) + whole(img[8:])) / 2
+    torch.testing.assert_close(grouped(img), halves)
+    # The 16 images match their own moments exactly; each group of 8 does not (the release's noisier estimate).
+    assert whole(img) < 1e-6 and grouped(img) > 1e-3
+    # Uneven: 10 images in groups of about 4 -> 3 groups of 4, 3, 3, weighted by size.
+    ten = img[:10]
+    uneven = (4 * whole(ten[:4]) + 3 * whole(ten[4:7]) + 3 * whole(ten[7:])) / 10
+    torch.testing.assert_close(DiMELoss([(emb, MomentsDiME(mu1, mu2), 2.0)], chunk=4)(ten), uneven)
+    torch.testing.assert_close(DiMELoss([(emb, MomentsDiME(mu1, mu2), 2.0)], chunk=32)(img), whole(img))

@@ -1,5 +1,6 @@
 """Loss terms of the distillation loop, and which network each of them can change (gradient routing)."""
 import copy
+import os
 
 import pytest
 import torch
@@ -230,3 +231,46 @@ def test_student_teacher_mismatch_is_a_user_error(nets):
                                synthesis_kwargs=dnnlib.EasyDict(channel_base=RES * 4, channel_max=4))
     with pytest.raises(GanPruneError):
         L.DistillLoss(other, G_t, D_s)
+
+
+def test_lpips_vgg_uses_the_packages_learned_weights_on_a_given_trunk(tmp_path, monkeypatch):
+    import lpips
+    import torchvision
+    torch.manual_seed(0)
+    features = torchvision.models.vgg16(weights=None).features.eval()
+    torch.save({f'features.{k}': v for k, v in features.state_dict().items()}, tmp_path / 'vgg16.pth')
+    dist = L.PerceptualDistance(f'lpips-vgg:{tmp_path}/vgg16.pth')
+    package = torch.load(os.path.join(os.path.dirname(lpips.__file__), 'weights', 'v0.1', 'vgg.pth'),
+                         map_location='cpu', weights_only=True)
+    x = torch.rand([2, 3, 32, 32]) * 2 - 1
+    y = x.clone()
+    y[1] = torch.rand([3, 32, 32]) * 2 - 1
+    d = dist(x, y)
+    assert d.shape == (2,) and d[0].abs() < 1e-6 and d[1] > 0
+    # By hand: LPIPS = sum over relu1_2..relu5_3 of the spatial mean of w_k . (unit-normalised difference)^2.
+    shift = torch.tensor(L.LPIPS_SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(L.LPIPS_SCALE).view(1, 3, 1, 1)
+    fx, fy, want, tap = (x - shift) / scale, (y - shift) / scale, torch.zeros(2), 0
+    with torch.no_grad():
+        for idx, layer in enumerate(features[:max(L.VGG16_TAPS) + 1]):
+            fx, fy = layer(fx), layer(fy)
+            if idx in L.VGG16_TAPS:
+                nx = fx / (fx.norm(dim=1, keepdim=True) + 1e-10)
+                ny = fy / (fy.norm(dim=1, keepdim=True) + 1e-10)
+                w = package[f'lin{tap}.model.1.weight'].view(1, -1, 1, 1)
+                want += ((nx - ny).square() * w).sum(1).mean(dim=[1, 2])
+                tap += 1
+    torch.testing.assert_close(d, want, rtol=1e-4, atol=1e-6)
+    # Gradients reach the student image only.
+    x_s = x.clone().requires_grad_(True)
+    dist(x_s, y).sum().backward()
+    assert x_s.grad is not None and not any(p.requires_grad for p in dist.parameters())
+    # Without a file, offline and with no cached copy: one line naming the file and the offline choice.
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('GAN_PRUNE_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.setenv('GAN_PRUNE_WEIGHTS', str(tmp_path / 'none'))
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GanPruneError) as e:
+        L.PerceptualDistance('lpips-vgg')
+    assert '\n' not in str(e.value) and 'vgg16-397923af.pth' in str(e.value) and 'effnet-lite0' in str(e.value)

@@ -339,3 +339,26 @@ def test_torchscript_embedder_needs_trust_and_is_never_loaded_without(tmp_path, 
     with pytest.raises(GanPruneError, match='--trust-pickle'):
         PerceptualDistance(f'torchscript:{path}')
     assert loads == []
+
+
+def test_release_embedders_run_fp16_only_on_cuda(monkeypatch):
+    """CLIP and DINO run under fp16 autocast on CUDA, as released; on the CPU (and for the others) in fp32."""
+    from gan_prune.distill import embedders as E
+    assert E.ClipEmbedder.cuda_fp16 and E.DinoResNet50Embedder.cuda_fp16
+    assert not E.EffNetLite0Embedder.cuda_fp16 and not E.TorchScriptEmbedder.cuda_fp16
+    calls = []
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, 'autocast', lambda *a, **k: calls.append((a, k)) or real_autocast(*a, **k))
+
+    class Conv(E.Embedder):
+        cuda_fp16 = True
+
+        def __init__(self):
+            super().__init__('conv', 4, normalize=False)
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def embed(self, x):
+            return self.conv(x).mean(dim=(2, 3))
+
+    out = Conv()(torch.rand(2, 3, 8, 8))
+    assert out.dtype == torch.float32 and calls == [(('cuda',), dict(dtype=torch.float16, enabled=False))]
