@@ -36,7 +36,10 @@ TORCHSCRIPT_EXTRA = 'gan_prune.json'
 
 
 class ExportedGenerator(torch.nn.Module):
-    """``G`` as a plain function of its inputs: (z[, c][, psi]) -> img, fp32, along the reference code path."""
+    """``G`` as a plain function of its inputs: (z[, c][, psi]) -> img, fp32, along the reference code path.
+
+    Build it with exported_generator(), which picks the subclass whose forward takes exactly those inputs.
+    """
 
     def __init__(self, G: torch.nn.Module, truncation_psi: float = 1.0, noise_mode: str = 'const',
                  psi_input: bool = False) -> None:
@@ -50,11 +53,10 @@ class ExportedGenerator(torch.nn.Module):
         self.noise_mode = noise_mode
         self.psi_input = psi_input
 
-    def forward(self, z: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        rest = list(rest)
-        c = rest.pop(0) if self.conditional else z.new_zeros([z.shape[0], 0])
-        if self.psi_input:
-            psi = rest.pop(0)
+    def generate(self, z: torch.Tensor, c: torch.Tensor | None, psi: torch.Tensor | None) -> torch.Tensor:
+        if c is None:
+            c = z.new_zeros([z.shape[0], 0])
+        if psi is not None:
             ws = self.G.mapping(z, c, truncation_psi=1)
             ws = self.G.mapping.w_avg.lerp(ws, psi.reshape([]))  # the mapping's own truncation, psi as a tensor
         else:
@@ -72,6 +74,34 @@ class ExportedGenerator(torch.nn.Module):
         if self.psi_input:
             inputs.append(torch.tensor([self.truncation_psi]))
         return tuple(inputs)
+
+
+# One forward signature per set of inputs: exporters name the graph's inputs after forward's parameters.
+class _FromZ(ExportedGenerator):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generate(z, None, None)
+
+
+class _FromZC(ExportedGenerator):
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.generate(z, c, None)
+
+
+class _FromZPsi(ExportedGenerator):
+    def forward(self, z: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        return self.generate(z, None, psi)
+
+
+class _FromZCPsi(ExportedGenerator):
+    def forward(self, z: torch.Tensor, c: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        return self.generate(z, c, psi)
+
+
+def exported_generator(G: torch.nn.Module, truncation_psi: float = 1.0, noise_mode: str = 'const',
+                       psi_input: bool = False) -> ExportedGenerator:
+    """The module to export: inputs z, c (conditional generators only) and psi (with psi_input), output img."""
+    kind = {(False, False): _FromZ, (True, False): _FromZC, (False, True): _FromZPsi, (True, True): _FromZCPsi}
+    return kind[int(G.c_dim) > 0, bool(psi_input)](G, truncation_psi, noise_mode, psi_input)
 
 
 def reference_copy(G: torch.nn.Module) -> torch.nn.Module:
@@ -111,7 +141,7 @@ def _export_onnx_program(module: ExportedGenerator, batch: int | None):
     dynamic_shapes = None
     if batch is None:
         dim = torch.export.Dim('batch', min=1, max=4096)
-        dynamic_shapes = tuple({0: dim} if name in ('z', 'c') else None for name in names)
+        dynamic_shapes = {name: ({0: dim} if name in ('z', 'c') else None) for name in names}
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter('ignore')
         return torch.onnx.export(module, inputs, dynamo=True, opset_version=ONNX_OPSET, input_names=names,
@@ -152,7 +182,7 @@ def export_onnx(G: torch.nn.Module, path: str, batch: int | None = None, truncat
                 source: str | None = None) -> dict[str, Any]:
     """Write G as an ONNX model (opset 18, one file, written atomically); returns the facts stored in it."""
     import onnx
-    module = ExportedGenerator(G, truncation_psi, noise_mode, psi_input)
+    module = exported_generator(G, truncation_psi, noise_mode, psi_input)
     program = _export_onnx_program(module, batch)
     model = program.model_proto
     if fp16_weights:
@@ -172,7 +202,7 @@ def export_torchscript(G: torch.nn.Module, path: str, batch: int | None = None, 
                        source: str | None = None) -> dict[str, Any]:
     """Write G as a traced TorchScript module (loadable with torch.jit.load, no gan_prune needed)."""
     import warnings
-    module = ExportedGenerator(G, truncation_psi, noise_mode, psi_input)
+    module = exported_generator(G, truncation_psi, noise_mode, psi_input)
     inputs = module.example_inputs(batch or 2)
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter('ignore')  # tracer warnings about Python-side shape checks

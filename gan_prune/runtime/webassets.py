@@ -122,3 +122,76 @@ def export_web(G: torch.nn.Module, out: str, truncation_psi: float = 0.7, noise_
         raise
     facts['files'] = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
     return facts
+
+
+# --- serving the folder and driving a headless browser (the browser test and tools/bench_web.py)
+
+CHROMIUM_CANDIDATES = ('/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome')
+
+
+def find_chromium() -> str | None:
+    """A Chromium executable: $GAN_PRUNE_CHROMIUM, Debian's /usr/bin/chromium, or one on PATH; None if none."""
+    candidates = [os.environ.get('GAN_PRUNE_CHROMIUM')] + list(CHROMIUM_CANDIDATES)
+    candidates += [shutil.which(name) for name in ('chromium', 'chromium-browser')]
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+class serve_folder:
+    """Serve `folder` over HTTP on 127.0.0.1 (a free port) from a background thread; `.url` while open."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.server = None
+        self.url = ''
+
+    def __enter__(self) -> 'serve_folder':
+        import functools
+        import http.server
+        import threading
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                              '.wasm': 'application/wasm', '.mjs': 'text/javascript', '.js': 'text/javascript',
+                              '.onnx': 'application/octet-stream', '.json': 'application/json'}
+
+            def log_message(self, *args) -> None:  # quiet: a page load is dozens of requests
+                pass
+
+        handler = functools.partial(Handler, directory=self.folder)
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f'http://127.0.0.1:{self.server.server_address[1]}/'
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def render_in_browser(url: str, chromium: str, timeout_s: float = 300.0, webgpu: bool = False,
+                      evaluate: dict[str, str] | None = None) -> dict[str, Any]:
+    """Open the page in headless Chromium (Playwright), wait for its first grid; returns window.ganPrune
+    plus the status line, the number of images shown, console messages and each `evaluate` expression's value.
+
+    `url` carries the page's query (seed, count, psi, backend). Needs the playwright package (extras 'test').
+    """
+    from playwright.sync_api import sync_playwright
+    args = ['--no-sandbox', '--disable-dev-shm-usage'] + (['--enable-unsafe-webgpu'] if webgpu else [])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=args)
+        try:
+            page = browser.new_page()
+            messages: list[str] = []
+            page.on('console', lambda m: messages.append(m.text))
+            page.goto(url)
+            page.wait_for_function('window.ganPrune && (window.ganPrune.done > 0 || window.ganPrune.error)',
+                               timeout=timeout_s * 1000)
+            result = page.evaluate('window.ganPrune')
+            result['status'] = page.inner_text('#status')
+            result['canvases'] = page.locator('#grid canvas').count()
+            result['console'] = messages
+            for key, expression in (evaluate or {}).items():
+                result[key] = page.evaluate(expression)
+            return result
+        finally:
+            browser.close()
