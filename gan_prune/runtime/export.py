@@ -149,6 +149,18 @@ def _export_onnx_program(module: ExportedGenerator, batch: int | None):
                                  optimize=True)
 
 
+def strip_trace_metadata(model) -> None:
+    """Drop the per-node Python stack traces and module paths the exporter records (most of a small model's
+    bytes; of no use to a runtime)."""
+    for node in model.graph.node:
+        node.doc_string = ''
+        del node.metadata_props[:]
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        del value.metadata_props[:]
+    for init in model.graph.initializer:
+        del init.metadata_props[:]
+
+
 def store_weights_fp16(model) -> int:
     """Store each float32 weight (initializer) as float16 plus a Cast back to float32 at the graph's start.
 
@@ -185,6 +197,7 @@ def export_onnx(G: torch.nn.Module, path: str, batch: int | None = None, truncat
     module = exported_generator(G, truncation_psi, noise_mode, psi_input)
     program = _export_onnx_program(module, batch)
     model = program.model_proto
+    strip_trace_metadata(model)
     if fp16_weights:
         store_weights_fp16(model)
     facts = model_facts(G, module, batch, 'onnx', source, fp16_weights)

@@ -18,12 +18,13 @@ pytest.importorskip('onnxscript')
 TOL = 1e-4
 
 
-def make_generator(architecture='skip', c_dim=0, num_fp16_res=0, seed=0):
+def make_generator(architecture='skip', c_dim=0, num_fp16_res=0, seed=0, channel_max=8):
     from training import networks
     torch.manual_seed(seed)
     G = networks.Generator(z_dim=12, c_dim=c_dim, w_dim=10, img_resolution=16, img_channels=3,
                            mapping_kwargs=dict(num_layers=2),
-                           synthesis_kwargs=dict(channel_base=64, channel_max=8, architecture=architecture,
+                           synthesis_kwargs=dict(channel_base=8 * channel_max, channel_max=channel_max,
+                                                 architecture=architecture,
                                                  num_fp16_res=num_fp16_res,
                                                  conv_clamp=256 if num_fp16_res else None)).eval()
     with torch.no_grad():  # non-zero noise strengths, biases and w_avg, as in a trained network
@@ -34,10 +35,10 @@ def make_generator(architecture='skip', c_dim=0, num_fp16_res=0, seed=0):
     return G.requires_grad_(False)
 
 
-def make_student(architecture='skip', num_fp16_res=2):
+def make_student(architecture='skip', num_fp16_res=2, channel_max=8):
     """A pruned student: half the channels of every feature map kept (a SlimGenerator), fp16 blocks."""
     from gan_prune.prune.surgery import feature_maps, slice_generator
-    G = make_generator(architecture, num_fp16_res=num_fp16_res, seed=1)
+    G = make_generator(architecture, num_fp16_res=num_fp16_res, seed=1, channel_max=channel_max)
     gen = torch.Generator().manual_seed(0)
     kept = {name: torch.randperm(size, generator=gen)[: max(1, size // 2)].sort().values
             for name, size in feature_maps(G).items()}
@@ -143,7 +144,7 @@ def test_fixed_batch_and_noise_none(tmp_path):
 
 def test_fp16_weight_storage_halves_the_file_and_computes_in_fp32(tmp_path):
     import onnx
-    G = make_student()
+    G = make_student(channel_max=64)  # wide enough that the weights are most of the file
     full, half = str(tmp_path / 'full.onnx'), str(tmp_path / 'half.onnx')
     export_onnx(G, full, truncation_psi=0.7)
     export_onnx(G, half, truncation_psi=0.7, fp16_weights=True)
@@ -203,9 +204,12 @@ def read_png(path):
 @pytest.fixture(scope='module')
 def snapshot(tmp_path_factory):
     folder = tmp_path_factory.mktemp('snapshot')
+    from training import networks
     G = make_generator('skip', c_dim=0)
+    D = networks.Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=64,
+                               channel_max=8).eval().requires_grad_(False)
     path = str(folder / 'G.pkl')
-    save_network_pkl(dict(G=G, G_ema=G, D=None, training_set_kwargs=None, augment_pipe=None), path)
+    save_network_pkl(dict(G=G, G_ema=G, D=D, training_set_kwargs=None, augment_pipe=None), path)
     return path
 
 
