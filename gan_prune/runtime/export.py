@@ -17,11 +17,13 @@ inference-only shortcut steps aside, and only standard operators remain (and the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import tempfile
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 import torch
 
@@ -135,7 +137,6 @@ def parse_batch(text: str | int | None) -> int | None:
 
 def _export_onnx_program(module: ExportedGenerator, batch: int | None):
     """torch.onnx's dynamo exporter on the reference path; a dynamic batch is traced with 2 (1 would specialise)."""
-    import warnings
     inputs = module.example_inputs(batch or 2)
     names = module.input_names()
     dynamic_shapes = None
@@ -214,7 +215,6 @@ def export_torchscript(G: torch.nn.Module, path: str, batch: int | None = None, 
                        noise_mode: str = 'const', psi_input: bool = False,
                        source: str | None = None) -> dict[str, Any]:
     """Write G as a traced TorchScript module (loadable with torch.jit.load, no gan_prune needed)."""
-    import warnings
     module = exported_generator(G, truncation_psi, noise_mode, psi_input)
     inputs = module.example_inputs(batch or 2)
     with warnings.catch_warnings(), torch.enable_grad():
@@ -223,8 +223,17 @@ def export_torchscript(G: torch.nn.Module, path: str, batch: int | None = None, 
     traced = traced.requires_grad_(False)
     facts = model_facts(G, module, batch, 'torchscript', source)
     _makedirs_for(path)
-    atomic_write(path, lambda f: torch.jit.save(traced, f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(facts)}))
+    with quiet_jit():
+        atomic_write(path, lambda f: torch.jit.save(traced, f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(facts)}))
     return facts
+
+
+@contextlib.contextmanager
+def quiet_jit() -> Iterator[None]:
+    """Silence torch.jit's deprecation notice: the user asked for TorchScript (--help says it is deprecated)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'`torch\.jit\.', category=FutureWarning)
+        yield
 
 
 def _makedirs_for(path: str) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from gan_prune.errors import GanPruneError
 from gan_prune.runtime.backends import BACKENDS
-from gan_prune.runtime.export import METADATA_KEY, TORCHSCRIPT_EXTRA
+from gan_prune.runtime.export import METADATA_KEY, TORCHSCRIPT_EXTRA, quiet_jit
 
 
 def is_torchscript_file(path: str) -> bool:
@@ -152,7 +152,8 @@ class TorchScriptBackend(ExportedBackend):
 
     def _load(self, source: str | io.BytesIO) -> None:
         extra = {TORCHSCRIPT_EXTRA: ''}
-        self.module = torch.jit.load(source, map_location='cpu', _extra_files=extra).eval()
+        with quiet_jit():
+            self.module = torch.jit.load(source, map_location='cpu', _extra_files=extra).eval()
         self.facts = json.loads(extra[TORCHSCRIPT_EXTRA] or '{}')
         if 'z_dim' not in self.facts:
             raise GanPruneError('this TorchScript file was not written by gan-prune export (no gan_prune.json)')
@@ -203,7 +204,8 @@ def describe_exported(path: str) -> dict[str, Any]:
         summary['facts'] = onnx_facts(model)
     else:
         extra = {TORCHSCRIPT_EXTRA: ''}
-        module = torch.jit.load(path, map_location='cpu', _extra_files=extra)
+        with quiet_jit():
+            module = torch.jit.load(path, map_location='cpu', _extra_files=extra)
         facts = json.loads(extra[TORCHSCRIPT_EXTRA] or '{}')
         summary['facts'] = facts
         graph_inputs = [i.debugName() for i in list(module.graph.inputs())[1:]]
