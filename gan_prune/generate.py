@@ -205,7 +205,7 @@ def generate_images(src: str, outdir: str, seeds: list[int] | None = None, trunc
     if G is None:
         raise GanPruneError(f'{src} holds no G_ema; is it a StyleGAN2-ADA network pickle?')
     _warn_if_nonfinite(G, src)
-    device = resolve_device(device)
+    requested, device = str(device), resolve_device(device)
     G = G.to(device).eval()
     if int(G.c_dim) == 0 and class_idx is not None and log is not None:
         log('warning: --class is ignored, this generator is unconditional')
@@ -217,7 +217,8 @@ def generate_images(src: str, outdir: str, seeds: list[int] | None = None, trunc
         items = render_projected(G, ws, noise_mode, device, precision)
         names, total = (lambda i: f'proj{i:02d}.png'), len(ws)
     elif backend != 'eager':
-        run = BACKENDS.build(backend, G, device=device)
+        runs_on_cpu_only = not BACKENDS.info(backend).get('needs_module', True)  # onnxruntime, torchscript
+        run = BACKENDS.build(backend, G, device='cpu' if runs_on_cpu_only and requested == 'auto' else device)
         items = render_seeds_with(run, seeds, truncation_psi, noise_mode, class_idx)
         names, total = (lambda s: f'seed{s:04d}.png'), len(seeds)
     else:

@@ -245,6 +245,9 @@ def export_generator(G: torch.nn.Module, fmt: str, out: str, batch: int | None =
                      noise_mode: str = 'const', fp16_weights: bool = False, source: str | None = None,
                      ort_web: str | None = None) -> dict[str, Any]:
     """Dispatch on `fmt` (one of FORMATS); returns the stored facts (plus 'files' for the web folder)."""
+    if fmt != 'web' and os.path.isdir(out):
+        suffix = 'onnx' if fmt == 'onnx' else 'pt'
+        raise GanPruneError(f'--out {out} is a folder; --format {fmt} writes one file (e.g. --out {out}/G.{suffix})')
     if fmt == 'onnx':
         return export_onnx(G, out, batch, truncation_psi, noise_mode, fp16_weights, source=source)
     if fmt == 'torchscript':

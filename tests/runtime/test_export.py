@@ -14,6 +14,7 @@ from gan_prune.runtime.export import export_onnx, export_torchscript, parse_batc
 
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
+pytestmark = pytest.mark.slow  # every test exports a network (tens of seconds each on a 2-core CPU)
 
 TOL = 1e-4
 
@@ -257,3 +258,9 @@ def test_cli_one_line_errors(snapshot, tmp_path, capsys, monkeypatch):
     assert code == 1 and '--backend onnxruntime' in err and err.count('\n') == 1
     code, _, err = run_cli(['generate', '--pkl', onnx_path, '--trunc', '1', '--outdir', str(tmp_path)], capsys)
     assert code == 1 and 'pass --trunc 0.5' in err and err.count('\n') == 1
+
+
+def test_export_to_a_folder_is_refused(tmp_path):
+    from gan_prune.runtime.export import export_generator
+    with pytest.raises(GanPruneError, match='is a folder'):
+        export_generator(make_generator(), 'onnx', str(tmp_path))

@@ -17,6 +17,7 @@ from gan_prune.runtime.webassets import (ORT_WEB_FILES, PAGE_FILES, export_web, 
 
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
+pytestmark = pytest.mark.slow  # every test exports a network (tens of seconds each on a 2-core CPU)
 
 SEED, COUNT, PSI = 3, 4, 0.6
 
