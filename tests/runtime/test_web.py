@@ -119,3 +119,18 @@ def test_browser_renders_what_onnxruntime_renders(page_folder, chromium):
     reference = onnxruntime_image(G, out, SEED, PSI).astype(np.int16)
     assert np.abs(browser - reference).max() <= 3  # a few grey levels (WASM kernels round differently)
     assert browser.std() > 5  # an image, not a flat field
+
+
+@pytest.mark.parametrize('seed', [0, 1, 123456789, 2 ** 32 - 1])
+def test_seed_js_matches_numpy_under_node(seed):
+    """seed.js on its own (Node.js, when present): numpy's RandomState(seed).randn, odd lengths included."""
+    import shutil
+    import subprocess
+    from importlib import resources
+    node = shutil.which('node')
+    if node is None:
+        pytest.skip('Node.js not found (apt-get install -y nodejs)')
+    script = str(resources.files('gan_prune.runtime').joinpath('web', 'seed.js'))
+    code = f'const s = require({json.dumps(script)}); console.log(JSON.stringify(Array.from(s.randn({seed}, 513))))'
+    values = json.loads(subprocess.run([node, '-e', code], capture_output=True, text=True, check=True).stdout)
+    np.testing.assert_allclose(values, np.random.RandomState(seed).randn(513), rtol=0, atol=1e-12)
