@@ -39,7 +39,8 @@ def main() -> None:
     if chromium is None:
         sys.exit('Chromium not found (apt-get install -y chromium)')
     G = load_builtin('paper256')['G_ema']
-    print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; chromium {chromium}')
+    print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; chromium {chromium}; '
+          f'load average before: {", ".join(f"{v:.1f}" for v in os.getloadavg())}')
     print('| rate | ms per image (median) | all rounds | model fp32 | model --fp16 |')
     print('|---|---|---|---|---|')
     for rate in [float(r) for r in args.rates.split(',')]:
@@ -58,6 +59,7 @@ def main() -> None:
                     runs.append(result['msPerImage'])
         print(f'| {rate} | {statistics.median(runs):.0f} | {", ".join(f"{r:.0f}" for r in runs)} | '
               f'{sizes[0]:.1f} MiB | {sizes[1]:.1f} MiB |', flush=True)
+    print(f'load average after: {", ".join(f"{v:.1f}" for v in os.getloadavg())}')
 
 
 if __name__ == '__main__':
