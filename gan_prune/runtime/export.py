@@ -5,14 +5,14 @@ The exported model takes ``z`` [N, z_dim] (and ``c`` [N, c_dim] when the generat
 inside. With ``psi_input=True`` the truncation psi is a third input ``psi`` [1] instead of a constant (the web
 page's slider uses this).
 
-The network is traced in fp32 along its reference code path. Two things made a naive export return a constant
-image that did not depend on z:
-- a network loaded from a pickle requires no grad, so its layers chose CPU inference paths that call compiled
-  kernels on raw tensor memory; a tracer cannot see through those calls, so it recorded their outputs as
-  constants (the tracer's own warning: the output "did not have observable data dependence with trace inputs");
-- fp16 blocks would be traced in half precision, which CPU runtimes run 20-30x slower.
+The network is traced in fp32 along its reference code path. A naive export returned a constant image that
+did not depend on z: a network loaded from a pickle requires no grad, so its layers chose CPU inference paths
+that call compiled kernels on raw tensor memory; a tracer cannot see through those calls and records their
+outputs as constants (the tracer's own words: the output "did not have observable data dependence with trace
+inputs"). And fp16 blocks would be traced in half precision, which CPU runtimes run 20-30x slower.
 So the exporter traces a copy whose parameters require grad, with grad mode on and ``force_fp32=True``: every
-inference-only shortcut steps aside, and only standard operators remain (and the graph depends on z).
+inference-only shortcut steps aside, only standard operators remain, and the graph depends on z. (Where the
+layers have a single code path, the copy changes nothing; the export is the same.)
 """
 
 from __future__ import annotations
