@@ -134,3 +134,32 @@ def test_seed_js_matches_numpy_under_node(seed):
     code = f'const s = require({json.dumps(script)}); console.log(JSON.stringify(Array.from(s.randn({seed}, 513))))'
     values = json.loads(subprocess.run([node, '-e', code], capture_output=True, text=True, check=True).stdout)
     np.testing.assert_allclose(values, np.random.RandomState(seed).randn(513), rtol=0, atol=1e-12)
+
+
+def test_ort_web_found_in_a_package_folder_its_dist_or_the_npm_tarball(tmp_path, monkeypatch):
+    """--ort-web / $GAN_PRUNE_ORT_WEB: the unpacked package, its dist/, or the .tgz (unpacked into a cache)."""
+    import tarfile
+    dist = tmp_path / 'package' / 'dist'
+    dist.mkdir(parents=True)
+    for name in ORT_WEB_FILES:
+        (dist / name).write_text(f'// {name}')
+    (tmp_path / 'package' / 'package.json').write_text('{"version": "1.31.1"}')
+    assert find_ort_web(str(tmp_path / 'package')) == str(dist)
+    assert find_ort_web(str(dist)) == str(dist)
+    tgz = tmp_path / 'onnxruntime-web-test.tgz'
+    with tarfile.open(tgz, 'w:gz') as archive:
+        archive.add(tmp_path / 'package', arcname='package')
+    monkeypatch.setenv('TMPDIR', str(tmp_path / 'cache'))
+    (tmp_path / 'cache').mkdir()
+    import tempfile
+    monkeypatch.setattr(tempfile, 'tempdir', None)
+    monkeypatch.setenv('GAN_PRUNE_ORT_WEB', str(tgz))
+    unpacked = find_ort_web()
+    assert unpacked.startswith(str(tmp_path / 'cache')) and open(os.path.join(unpacked, 'ort.min.js')).read() == \
+        '// ort.min.js'
+    monkeypatch.delenv('GAN_PRUNE_ORT_WEB')
+    with pytest.raises(GanPruneError, match='npm pack onnxruntime-web@1.31.1'):
+        find_ort_web()
+    (dist / ORT_WEB_FILES[-1]).unlink()
+    with pytest.raises(GanPruneError, match='lacks'):
+        find_ort_web(str(tmp_path / 'package'))
