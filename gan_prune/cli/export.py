@@ -43,8 +43,9 @@ def command(src, fmt, out, batch, truncation_psi, noise_mode, fp16_weights, ort_
     from gan_prune.runtime.export import export_generator, parse_batch
     batch_size = parse_batch(batch)
     if fmt == 'web':
-        from gan_prune.runtime.webassets import find_ort_web
-        find_ort_web(ort_web)  # before the slow part: a missing runtime fails at once
+        from gan_prune.runtime.webassets import check_out_folder, find_ort_web
+        find_ort_web(ort_web)  # before the slow part: a missing runtime or a wrong folder fails at once
+        check_out_folder(out)
     if not src.startswith('builtin:') and '://' not in src and not os.path.exists(src):
         raise GanPruneError(f'no such file: {src}')
     G = load_network_pkl(src, trust=trust_pickle).get('G_ema')

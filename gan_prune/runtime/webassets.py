@@ -84,7 +84,7 @@ def _page_source(name: str) -> bytes:
     return resources.files('gan_prune.runtime').joinpath('web', name).read_bytes()
 
 
-def _check_out_folder(out: str) -> None:
+def check_out_folder(out: str) -> None:
     """Refuse to replace a folder that is not an earlier web export (it could hold anything)."""
     if os.path.isfile(out):
         raise GanPruneError(f'--out {out} is a file; --format web writes a folder')
@@ -97,7 +97,7 @@ def export_web(G: torch.nn.Module, out: str, truncation_psi: float = 0.7, noise_
     """Write the page folder `out` (built next to it, then moved in place); returns the facts in model.json."""
     from gan_prune.runtime.export import export_onnx
     dist = find_ort_web(ort_web)
-    _check_out_folder(out)
+    check_out_folder(out)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(out)) + '.', dir=parent)
