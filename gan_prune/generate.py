@@ -144,6 +144,28 @@ def render_seeds(G: torch.nn.Module, seeds: list[int], truncation_psi: float = 1
         yield seed, to_uint8(img)[0]
 
 
+def render_seeds_with(run, seeds: list[int], truncation_psi: float = 1.0, noise_mode: str = 'const',
+                      class_idx: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (seed, HWC uint8 image) per seed through a runtime backend (gan_prune.runtime.backends), batch 1."""
+    if noise_mode not in NOISE_MODES:
+        raise GanPruneError(f'--noise-mode {noise_mode!r} is unknown; choose one of {", ".join(NOISE_MODES)}')
+    label = class_label(int(run.c_dim), class_idx)
+    for seed in seeds:
+        z = seed_latent(seed, int(run.z_dim)).to(torch.float32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            img = run(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
+        yield seed, to_uint8(img)[0]
+
+
+def _exported_or_none(src: str, backend: str):
+    """The backend for an exported model file (.onnx, TorchScript), or None when `src` is a network pickle."""
+    from gan_prune.runtime.exported import exported_kind, load_exported
+    if exported_kind(src) is None:
+        return None
+    return load_exported(src, None if backend == 'eager' else backend)
+
+
 @torch.no_grad()
 def render_projected(G: torch.nn.Module, ws: np.ndarray, noise_mode: str = 'const',
                      device: str | torch.device = 'cpu', precision: str = 'auto') -> Iterator[tuple[int, np.ndarray]]:
@@ -159,34 +181,57 @@ def render_projected(G: torch.nn.Module, ws: np.ndarray, noise_mode: str = 'cons
 def generate_images(src: str, outdir: str, seeds: list[int] | None = None, truncation_psi: float = 1.0,
                     noise_mode: str = 'const', class_idx: int | None = None, projected_w: str | None = None,
                     grid: bool = True, device: str = 'cpu', precision: str = 'auto', trust: bool = False,
-                    progress: bool = False, log=None) -> list[str]:
-    """Render `seeds` (or a projected-W npz) of the G_ema in pickle `src` into `outdir`; returns written paths."""
-    from tqdm import tqdm
+                    progress: bool = False, log=None, backend: str = 'eager') -> list[str]:
+    """Render `seeds` (or a projected-W npz) of the G_ema in pickle `src` into `outdir`; returns written paths.
 
+    `backend` names a runtime backend (gan_prune.runtime.backends.BACKENDS); 'eager' renders exactly as the
+    original tool. `src` may also be a model written by `gan-prune export` (run by its own backend).
+    """
     from gan_prune import load_network_pkl
+    from gan_prune.runtime.backends import BACKENDS
     if seeds is None and projected_w is None:
         raise GanPruneError('nothing to render: pass --seeds (e.g. 0-15) or --projected-w FILE')
+    BACKENDS.get(backend)
+    if projected_w is not None and backend != 'eager':
+        raise GanPruneError('--projected-w renders W directly; use it with --backend eager')
+    run = _exported_or_none(src, backend)
+    if run is not None:
+        if projected_w is not None:
+            raise GanPruneError(f'{src} is an exported model (z in, img out); --projected-w needs a network pickle')
+        return _write_images(outdir, render_seeds_with(run, seeds, truncation_psi, noise_mode, class_idx),
+                             lambda s: f'seed{s:04d}.png', len(seeds), grid, progress)
     data = load_network_pkl(src, trust=trust)
     G = data.get('G_ema')
     if G is None:
         raise GanPruneError(f'{src} holds no G_ema; is it a StyleGAN2-ADA network pickle?')
     _warn_if_nonfinite(G, src)
-    device = resolve_device(device)
+    requested, device = str(device), resolve_device(device)
     G = G.to(device).eval()
     if int(G.c_dim) == 0 and class_idx is not None and log is not None:
         log('warning: --class is ignored, this generator is unconditional')
         class_idx = None
-    os.makedirs(outdir, exist_ok=True)
-    written, images = [], []
     if projected_w is not None:
         if not os.path.isfile(projected_w):
             raise GanPruneError(f'--projected-w {projected_w}: no such file')
         ws = np.load(projected_w)['w']
         items = render_projected(G, ws, noise_mode, device, precision)
         names, total = (lambda i: f'proj{i:02d}.png'), len(ws)
+    elif backend != 'eager':
+        runs_on_cpu_only = not BACKENDS.info(backend).get('needs_module', True)  # onnxruntime, torchscript
+        run = BACKENDS.build(backend, G, device='cpu' if runs_on_cpu_only and requested == 'auto' else device)
+        items = render_seeds_with(run, seeds, truncation_psi, noise_mode, class_idx)
+        names, total = (lambda s: f'seed{s:04d}.png'), len(seeds)
     else:
         items = render_seeds(G, seeds, truncation_psi, noise_mode, class_idx, device, precision)
         names, total = (lambda s: f'seed{s:04d}.png'), len(seeds)
+    return _write_images(outdir, items, names, total, grid, progress)
+
+
+def _write_images(outdir: str, items, names, total: int, grid: bool, progress: bool) -> list[str]:
+    """Write each (key, image) as names(key) in outdir, then grid.png; returns the written paths."""
+    from tqdm import tqdm
+    os.makedirs(outdir, exist_ok=True)
+    written, images = [], []
     for key, img in tqdm(items, total=total, desc='generating', unit='img', disable=not progress, leave=False):
         path = os.path.join(outdir, names(key))
         write_png(img, path)

@@ -20,6 +20,7 @@ COMMANDS = {
     'env': 'gan_prune.cli.env',
     'prune': 'gan_prune.cli.prune',
     'generate': 'gan_prune.cli.generate',
+    'export': 'gan_prune.cli.export',
     'teacher-stats': 'gan_prune.cli.teacher_stats',
     'distill': 'gan_prune.cli.distill',
     'metrics': 'gan_prune.cli.metrics',

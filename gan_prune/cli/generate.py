@@ -24,10 +24,18 @@ def _planned_outputs(outdir: str, seeds: list[int] | None, projected_w: str | No
     return [os.path.join(outdir, name) for name in names]
 
 
+def _known_backend(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--backend: a name registered in gan_prune.runtime.backends (one line listing them otherwise)."""
+    from gan_prune.runtime.backends import BACKENDS
+    BACKENDS.get(value)
+    return value
+
+
 @click.command('generate')
 @click.option('--pkl', 'src', required=True, metavar='SRC',
               help='Network pickle: a path, an http(s) URL, or builtin:NAME; its G_ema is used. NaN/inf weights '
-                   'give a warning, and the images are still written (they show what the network does).')
+                   'give a warning, and the images are still written (they show what the network does). Also a '
+                   'model from gan-prune export (.onnx or TorchScript), run by its own backend.')
 @click.option('--seeds', default=D['seeds'], callback=checks.seeds, show_default=True, metavar='LIST',
               help='Seeds: numbers and inclusive ranges, e.g. 0-15 or 1,5,9-11.')
 @click.option('--outdir', default=D['outdir'], show_default=True, metavar='DIR',
@@ -45,10 +53,14 @@ def _planned_outputs(outdir: str, seeds: list[int] | None, projected_w: str | No
 @click.option('--precision', type=click.Choice(['auto', 'fp32', 'native']), default=D['precision'],
               show_default=True,
               help='auto: fp16 blocks run in fp32 on the CPU (much faster there) and natively on CUDA.')
+@click.option('--backend', default='eager', callback=_known_backend, show_default=True, metavar='NAME',
+              help='Runtime that renders: eager (the PyTorch network, exactly as the original tool), or another '
+                   'of gan_prune.runtime.backends (onnxruntime, torchscript, ...; fp32 on the CPU, the image '
+                   'within a few grey levels of eager). An exported model picks its own.')
 @click.option('--trust-pickle', is_flag=True,
               help='Allow code embedded in the pickle to run (only for custom architectures from a source you trust).')
 def command(src, seeds, outdir, truncation_psi, class_idx, noise_mode, projected_w, grid, device, precision,
-            trust_pickle) -> None:
+            backend, trust_pickle) -> None:
     """Render one PNG per seed: the same seed on the same pickle gives the image NVIDIA's generate.py gives."""
     from gan_prune.generate import generate_images, parse_seeds
     seed_list = None if projected_w else parse_seeds(seeds)
@@ -56,5 +68,6 @@ def command(src, seeds, outdir, truncation_psi, class_idx, noise_mode, projected
                               {'--pkl': src, '--projected-w': projected_w}, out_label='output')
     paths = generate_images(src, outdir, seeds=seed_list, truncation_psi=truncation_psi, noise_mode=noise_mode,
                             class_idx=class_idx, projected_w=projected_w, grid=grid, device=device,
-                            precision=precision, trust=trust_pickle, progress=True, log=click.echo)
+                            precision=precision, trust=trust_pickle, progress=True, log=click.echo,
+                            backend=backend)
     click.echo(f'wrote {len(paths)} images to {outdir}')

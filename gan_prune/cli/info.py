@@ -124,9 +124,20 @@ def format_summary(s: dict) -> str:
     return '\n'.join(out)
 
 
+def _show_exported(src: str, as_json: bool) -> bool:
+    """Describe a model written by `gan-prune export` (.onnx or TorchScript); False when src is not one."""
+    from gan_prune.runtime.exported import describe_exported, exported_kind, format_exported
+    if exported_kind(src) is None:
+        return False
+    summary = describe_exported(src)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_exported(summary))
+    return True
+
+
 @click.command('info')
 @click.option('--pkl', 'src', required=True, metavar='SRC',
-              help='Network pickle: a path, an http(s) URL, or builtin:NAME (tiny32, paper256).')
+              help='Network pickle: a path, an http(s) URL, or builtin:NAME (tiny32, paper256); or a model from '
+                   'gan-prune export (.onnx, TorchScript): its inputs, outputs, size and opset.')
 @click.option('--convention', type=click.Choice(cost.CONVENTIONS), default='conv', show_default=True,
               help="MAC counting: 'conv' = synthesis convs + toRGB (the paper's rates); 'total' adds style affines "
                    'and the mapping network.')
@@ -138,6 +149,8 @@ def command(src: str, convention: str, as_json: bool, trust_pickle: bool) -> Non
     from gan_prune import load_network_pkl
     if not src.startswith('builtin:') and '://' not in src and not os.path.exists(src):
         raise GanPruneError(f'no such file: {src}')
+    if _show_exported(src, as_json):
+        return
     data = load_network_pkl(src, trust=trust_pickle)
     summary = network_summary(data, src, convention)
     from gan_prune.nets.finite import describe
