@@ -70,7 +70,8 @@ def test_cli_passes_only_what_the_user_typed(monkeypatch, capsys):
 
 def test_the_run_records_the_resolved_options(tmp_path):
     opts = loop.resolve_options(dict(REQUIRED, kd='none', outdir=str(tmp_path), lr=0.001))
-    run_dir = loop._prepare_run_dir(opts)
+    run_dir, lock = loop._prepare_run_dir(opts)
+    lock.release()
     saved = json.loads(open(os.path.join(run_dir, rd.OPTIONS_FILE)).read())
     assert saved['kd'] == 'none' and saved['ds_init'] == 'teacher' and saved['teacher_d'] is False
     assert saved['lr'] == 0.001 and saved['mirror'] is True
