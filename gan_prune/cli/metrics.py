@@ -98,7 +98,7 @@ def command(src: str, metric_list: str, data: str | None, ref_pkl: str | None, d
             cache_dir: str | None, as_json: bool, out_path: str | None, trust_pickle: bool) -> None:
     """Compute FID, KID and precision/recall of a network against a dataset or against a teacher's samples."""
     from gan_prune.metrics.compute import compute_metrics, parse_metrics
-    from gan_prune.metrics.detectors import resolve_device
+    from gan_prune.core.device import resolve_device
 
     names = parse_metrics(metric_list)
     if data is not None and ref_pkl is not None:

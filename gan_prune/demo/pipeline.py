@@ -158,7 +158,7 @@ def _font(size: int):
 def evaluate_models(models: dict[str, torch.nn.Module], data: str, o: dict,
                     log: Callable[[str], None]) -> list[dict]:
     """Metrics against the data and the teacher, parameters, MACs and CPU latency of each model."""
-    from gan_prune.generate import resolve_device
+    from gan_prune.core.device import resolve_device
     from gan_prune.metrics.compute import compute_metrics
     from gan_prune.metrics.detectors import build_detector
     from gan_prune.nets.cost import generator_cost

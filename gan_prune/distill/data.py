@@ -22,6 +22,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from gan_prune.core.images import float_to_uint8, uint8_to_float
 from gan_prune.errors import GanPruneError
 from gan_prune.fileio import atomic_write
 
@@ -398,14 +399,7 @@ def _collate_or_failure(items: list):
 # ------------------------------------------------------------------------------------------------------------
 # Batch sources used by the loop
 
-def images_to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, C, H, W] in 0..255 -> float32 in [-1, 1] (StyleGAN2-ADA's convention: x / 127.5 - 1)."""
-    return images.to(torch.float32) / 127.5 - 1
-
-
-def float_to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float [N, C, H, W] with nominal range [-1, 1] -> uint8 (x * 127.5 + 128, clamped), as NVIDIA's tools do."""
-    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+images_to_float = uint8_to_float
 
 
 class RealImageSource:

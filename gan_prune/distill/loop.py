@@ -38,6 +38,8 @@ import torch
 from gan_prune.defaults import DISTILL
 from gan_prune.distill import rundir as rd
 from gan_prune.distill.losses import KD_MODES, CaganKD, DistillLoss, PerceptualDistance
+from gan_prune.core.device import resolve_device
+from gan_prune.core.fingerprint import module_fingerprint as module_checksum  # replica comparison
 from gan_prune.errors import GanPruneError
 
 RESUME_FORMAT = 'gan_prune.distill.resume.v1'
@@ -202,18 +204,6 @@ def sanitize_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
     return count
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == 'cpu':
-        return torch.device('cpu')
-    if torch.cuda.is_available():
-        if name.startswith('cuda:'):
-            return torch.device(name)
-        return torch.device('cuda', local_rank % torch.cuda.device_count())
-    if name.startswith('cuda'):
-        print('CUDA is not available: training on the CPU', file=sys.stderr)
-    return torch.device('cpu')
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Processes
 
@@ -292,12 +282,6 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
-
-
-def module_checksum(module: torch.nn.Module) -> float:
-    """Sum of all parameters and buffers in float64 (replica comparison)."""
-    with torch.no_grad():
-        return float(sum(t.detach().double().sum().item() for t in list(module.parameters()) + list(module.buffers())))
 
 
 # ------------------------------------------------------------------------------------------------------------

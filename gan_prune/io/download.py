@@ -21,29 +21,15 @@ import time
 import urllib.parse
 
 from gan_prune import defaults
+from gan_prune.core.cache import CACHE_ENV_VAR, cache_dir  # noqa: F401  (CACHE_ENV_VAR: part of this API)
 from gan_prune.errors import GanPruneError
 
-CACHE_ENV_VAR = 'GAN_PRUNE_CACHE_DIR'
 _CHUNK_BYTES = 1 << 20
 # A content-coded body may inflate this many times its bytes on the wire (plus the allowance below). Network
 # pickles are float weights that compress by a few percent; a gzip bomb inflates about 1000 times.
 MAX_INFLATION_RATIO = 100
 _INFLATION_ALLOWANCE_BYTES = 16 << 20
 _HTML_STARTS = (b'<!doctype html', b'<html', b'<head', b'<?xml')
-
-
-def cache_dir(override: str | os.PathLike | None = None) -> str:
-    """The toolkit's cache dir: `override`, else $GAN_PRUNE_CACHE_DIR, else defaults.DOWNLOAD['cache_dir'],
-    else $DNNLIB_CACHE_DIR/gan_prune, else ~/.cache/gan_prune."""
-    if override is not None:
-        return os.fspath(override)
-    if os.environ.get(CACHE_ENV_VAR):
-        return os.environ[CACHE_ENV_VAR]
-    if defaults.DOWNLOAD.get('cache_dir'):
-        return os.fspath(defaults.DOWNLOAD['cache_dir'])
-    if os.environ.get('DNNLIB_CACHE_DIR'):
-        return os.path.join(os.environ['DNNLIB_CACHE_DIR'], 'gan_prune')
-    return os.path.join(os.path.expanduser('~'), '.cache', 'gan_prune')
 
 
 def split_checksum(url: str) -> tuple[str, str | None]:

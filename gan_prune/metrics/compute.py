@@ -23,6 +23,8 @@ import scipy.linalg
 import torch
 
 from gan_prune.defaults import METRICS
+from gan_prune.core.device import module_device
+from gan_prune.core.images import float_to_uint8
 from gan_prune.errors import GanPruneError
 from gan_prune.metrics import stats as stats_mod
 from gan_prune.metrics.detectors import Detector, build_detector
@@ -159,9 +161,7 @@ def display_name(key: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Images: from a dataset, from a generator
 
-def images_to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] (NCHW float) -> uint8 0..255, StyleGAN2-ADA's rounding."""
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+images_to_uint8 = float_to_uint8
 
 
 def dataset_image_batches(dataset, num: int, batch: int) -> Iterator[torch.Tensor]:
@@ -253,12 +253,6 @@ def dataset_stats(dataset, detector: Detector, num: int, batch: int, capture_all
 # ----------------------------------------------------------------------------------------------------------
 # Entry point used by the CLI and the training loop
 
-def _device_of(module: torch.nn.Module) -> torch.device:
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        return tensor.device
-    return torch.device('cpu')
-
-
 def open_dataset(data, resolution: int | None = None, use_labels: bool = False):
     """A dataset path (zip or folder) -> ImageDataset; an ImageDataset-like object is returned as is."""
     if not isinstance(data, (str, bytes)) and not hasattr(data, '__fspath__'):
@@ -306,7 +300,7 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     if num_gen < 2 or batch < 1:
         raise GanPruneError(f'need num_gen >= 2 and batch >= 1; got num_gen={num_gen}, batch={batch}')
     say = log or (lambda msg: None)
-    device = torch.device(device) if device is not None else _device_of(G)
+    device = torch.device(device) if device is not None else module_device(G)
     if device.type == 'cuda' and not torch.cuda.is_available():
         device = torch.device('cpu')
     if not isinstance(detector, Detector):
