@@ -20,7 +20,7 @@ setup(
     packages=find_packages(include=['gan_prune', 'gan_prune.*']) + compat_packages,
     package_dir={'': SG2ADA, 'gan_prune': 'gan_prune'},
     py_modules=['legacy'],
-    package_data={'gan_prune': ['demo/*.pkl', 'demo/*.pt', 'demo/*.json'], 'torch_utils': ['ops/*.cpp']},
+    package_data={'gan_prune': ['assets/*.pkl', 'assets/*.pt', 'assets/*.json'], 'torch_utils': ['ops/*.cpp']},
     install_requires=[
         'torch>=2.0',
         'torchvision',

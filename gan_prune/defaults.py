@@ -129,7 +129,7 @@ NICKEL = dict(
 # `gan-prune demo`: the whole pipeline on the bundled teacher, sized for about 10 minutes on a laptop CPU.
 DEMO = dict(
     outdir='demo-out',
-    teacher='builtin:teacher',     # 32 px cartoon faces (gan_prune/demo/teacher.pkl)
+    teacher='builtin:teacher',     # 32 px cartoon faces (gan_prune/assets/teacher.pkl)
     rate=0.9,                      # FLOPs compression rate: about 10x fewer MACs
     criterion='content-aware',
     mask='demo-faces',             # the content segmenter shipped with the teacher

@@ -47,7 +47,7 @@ VARIANTS = [
 
 
 def make_networks(teacher_name: str, ratio: float) -> tuple:
-    from gan_prune.demo.builtin import load_builtin
+    from gan_prune.io.builtin import load_builtin
     from gan_prune.prune.solver import ratio_channels
     from gan_prune.prune.surgery import feature_maps, slice_generator
     teacher = load_builtin(teacher_name)
@@ -101,7 +101,7 @@ def time_variant(nets: tuple, options: dict, steps: int, workdir: str) -> tuple[
 
 
 def bench_resolution(res: int, steps: int, workdir: str) -> tuple[list[tuple[str, float, float]], dict]:
-    from gan_prune.distill.data import write_dataset_zip
+    from gan_prune.data.datasets import write_dataset_zip
     teacher_name, batch, ratio = SETUPS[res]
     nets = make_networks(teacher_name, ratio)
     data = os.path.join(workdir, f'data{res}.zip')

@@ -133,7 +133,7 @@ def write_faces_zip(path: str, num: int, seed: int = 0, resolution: int = 32) ->
     """Write `num` faces as a StyleGAN2-ADA dataset zip with a `content_masks.npy` entry [N, H, W], atomically."""
     import io
 
-    from gan_prune.distill.data import write_dataset_zip
+    from gan_prune.data.datasets import write_dataset_zip
     images, masks = make_faces(num, seed, resolution)
     buf = io.BytesIO()
     np.save(buf, masks)

@@ -492,7 +492,7 @@ class Trainer:
             raise GanPruneError('the teacher D and G differ in resolution; check the teacher pickle')
 
     def _setup_data(self) -> None:
-        from gan_prune.distill.data import ImageDataset, RealImageSource, TeacherSampleDataset
+        from gan_prune.data.datasets import ImageDataset, RealImageSource, TeacherSampleDataset
         opts = self.opts
         seed = int(opts['seed'])
         if opts.get('data_free'):

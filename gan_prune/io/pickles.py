@@ -56,7 +56,7 @@ def load_network_pkl(src: str | os.PathLike, trust: bool = False, cache_dir: str
 
     if src.startswith('builtin:'):
         try:
-            from gan_prune.demo.builtin import load_builtin
+            from gan_prune.io.builtin import load_builtin
         except ImportError as e:
             raise GanPruneError(f'built-in networks are not available in this installation ({_one_line(e)})') from None
         data = load_builtin(src[len('builtin:'):])

@@ -257,7 +257,7 @@ def open_dataset(data, resolution: int | None = None, use_labels: bool = False):
     """A dataset path (zip or folder) -> ImageDataset; an ImageDataset-like object is returned as is."""
     if not isinstance(data, (str, bytes)) and not hasattr(data, '__fspath__'):
         return data
-    from gan_prune.distill.data import ImageDataset
+    from gan_prune.data.datasets import ImageDataset
     path = os.fspath(data)
     if not os.path.exists(path):
         raise GanPruneError(f'dataset not found: {path}; pass a zip or folder of images')

@@ -1,6 +1,6 @@
 """Small networks the toolkit builds itself, addressable as `builtin:NAME` wherever a pickle is expected.
 
-`teacher` is the bundled trained teacher (gan_prune/demo/teacher.pkl: 32 px cartoon faces, trained by
+`teacher` is the bundled trained teacher (gan_prune/assets/teacher.pkl: 32 px cartoon faces, trained by
 tools/train_teacher.py), loaded with the safe loader like any other pickle. The others are randomly
 initialised from a fixed seed (identical on every machine), so examples and tests run with no download and no
 weights file. `paper256` has the exact shapes of an FFHQ-256 StyleGAN2-ADA checkpoint (cfg paper256, fp32), for
@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from gan_prune.assets import ASSETS_DIR
 from gan_prune.errors import GanPruneError
 
 # name -> (description, Generator kwargs, Discriminator kwargs)
@@ -35,7 +36,7 @@ BUILTINS = {
     ),
 }
 
-# name -> (description, file next to this module)
+# name -> (description, file in gan_prune/assets)
 SHIPPED = {
     'teacher': ('the bundled teacher: 32 px cartoon faces, 64 channels (gan-prune demo)', 'teacher.pkl'),
 }
@@ -48,7 +49,7 @@ def builtin_names() -> list[str]:
 
 
 def shipped_path(name: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), SHIPPED[name][1])
+    return os.path.join(ASSETS_DIR, SHIPPED[name][1])
 
 
 def load_builtin(name: str) -> dict:
