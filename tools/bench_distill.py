@@ -47,7 +47,7 @@ VARIANTS = [
 
 
 def make_networks(teacher_name: str, ratio: float) -> tuple:
-    from gan_prune.io.builtin import load_builtin
+    from gan_prune.io.pickles import load_builtin
     from gan_prune.prune.solver import ratio_channels
     from gan_prune.prune.surgery import feature_maps, slice_generator
     teacher = load_builtin(teacher_name)

@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument('--no-write', action='store_true', help='print instead of writing docs/benchmarks.md')
     args = parser.parse_args()
 
-    from gan_prune.io.builtin import load_builtin
+    from gan_prune.io.pickles import load_builtin
     from gan_prune.nets.cost import generator_cost
     from torch_utils.ops import narrow_conv
 

@@ -52,17 +52,9 @@ def shipped_path(name: str) -> str:
     return os.path.join(ASSETS_DIR, SHIPPED[name][1])
 
 
-def load_builtin(name: str) -> dict:
-    """The snapshot dict (G, D, G_ema, training_set_kwargs, augment_pipe) of built-in network `name`."""
-    if name in SHIPPED:
-        from gan_prune.io.pickles import load_network_pkl
-        path = shipped_path(name)
-        if not os.path.isfile(path):
-            raise GanPruneError(f'the bundled network file {path} is missing; reinstall gan_prune')
-        data = load_network_pkl(path)
-        if data['G'] is data['G_ema']:  # stored once to keep the file small; callers may train G in place
-            data['G'] = copy.deepcopy(data['G_ema'])
-        return data
+def build_random(name: str) -> dict:
+    """The snapshot dict (G, D, G_ema, training_set_kwargs, augment_pipe) of the seeded random network `name`.
+    The shipped networks are files: gan_prune.io.pickles.load_builtin reads those."""
     if name not in BUILTINS:
         raise GanPruneError(f'unknown built-in network {name!r}; choose one of: '
                             + ', '.join(f'builtin:{n}' for n in builtin_names()))
