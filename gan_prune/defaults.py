@@ -74,7 +74,7 @@ DISTILL = dict(
     dime_stats_samples=2048,       # teacher samples for statistics computed at start
     nickel_weight=10.0,
     nickel_res=None,               # teacher-G / student-D feature resolution; None: img_resolution / 4 (64 at 256 px)
-    nickel_levels=4,
+    nickel_levels=4,               # Haar DWT levels; only the high-frequency sub-bands are compared
     cagan_l1=3.0,                  # --kd cagan: weight of the masked L1 term
     cagan_perceptual=3.0,          # --kd cagan: weight of the perceptual term
     cagan_net='effnet-lite0',      # perceptual network: an embedder spec, or vgg16:FILE (LPIPS-style, local weights)
@@ -115,15 +115,8 @@ EMBED = dict(
 
 DIME = dict(
     release_spec='clip:RN50=15,dino-resnet50=20',   # the released embedders and weights (needs local weight files)
-    estimator='moments',           # 'moments' (released: L1 on first/second moments) | 'mmd' (unbiased Gaussian MMD^2)
     mmd_scales=[0.5, 1.0, 2.0],    # bandwidths = median pairwise distance x these
     bank_batch=1024,               # teacher-bank rows per MMD evaluation
-)
-
-NICKEL = dict(
-    weight=10.0,                   # as released
-    levels=4,                      # Haar DWT levels; only the high-frequency sub-bands are compared
-    resolution=64,                 # teacher G feature resolution (block b64 in paper256); nearest available otherwise
 )
 
 # `gan-prune demo`: the whole pipeline on the bundled teacher, sized for about 10 minutes on a laptop CPU.
