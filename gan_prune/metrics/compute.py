@@ -190,7 +190,7 @@ def make_label_sampler(c_dim: int, dataset=None) -> Callable[[int, np.random.Ran
 
 
 def _generator_kwargs(device: torch.device) -> dict:
-    kwargs = dict(noise_mode='random')
+    kwargs: dict[str, object] = dict(noise_mode='random')
     if device.type != 'cuda':
         kwargs['force_fp32'] = True
     return kwargs
@@ -363,7 +363,8 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     for name in names:
         keys = result_keys(name, detector.name, detector.is_inception)
         if name == 'fid':
-            results[keys[0]] = fid_from_moments(*gen_stats.mean_cov(), *ref_stats.mean_cov())
+            (mu_gen, cov_gen), (mu_ref, cov_ref) = gen_stats.mean_cov(), ref_stats.mean_cov()
+            results[keys[0]] = fid_from_moments(mu_gen, cov_gen, mu_ref, cov_ref)
         elif name == 'kid':
             results[keys[0]] = kid_from_features(gen_stats.features(), ref_stats.features(), kid_subsets,
                                                  kid_subset_size, seed=seed)

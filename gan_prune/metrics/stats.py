@@ -78,6 +78,7 @@ class FeatureStats:
             return self._mean_cov
         if self.num_items == 0:
             raise GanPruneError('no features were collected (empty dataset or num=0)')
+        assert self._sum is not None and self._outer_sum is not None  # set by the first append
         mean = self._sum / self.num_items
         cov = self._outer_sum / self.num_items - np.outer(mean, mean)
         return mean, cov
