@@ -19,6 +19,7 @@ def environment_report() -> dict:
     import torch
 
     from gan_prune import __version__, compat, weights
+    from gan_prune.core.device import resolve_device
     report = dict(
         gan_prune=__version__,
         python=platform.python_version(),
@@ -28,7 +29,7 @@ def environment_report() -> dict:
         torch_threads=torch.get_num_threads(),
         cuda_available=torch.cuda.is_available(),
         cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        default_device='cuda' if torch.cuda.is_available() else 'cpu',
+        default_device=str(resolve_device('auto')),
         compat=compat.describe(),
     )
     try:

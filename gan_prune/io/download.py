@@ -22,6 +22,7 @@ import urllib.parse
 
 from gan_prune import defaults
 from gan_prune.core.cache import CACHE_ENV_VAR, cache_dir  # noqa: F401  (CACHE_ENV_VAR: part of this API)
+from gan_prune.core.fingerprint import file_sha256
 from gan_prune.errors import GanPruneError
 
 _CHUNK_BYTES = 1 << 20
@@ -68,7 +69,7 @@ def download(url: str, cache_dir: str | os.PathLike | None = None, sha256: str |
 
     final_path = cached_path(url, cache_dir)
     if os.path.isfile(final_path):
-        if expected_sha is None or _sha256_of_file(final_path) == expected_sha:
+        if expected_sha is None or file_sha256(final_path) == expected_sha:
             return final_path
         os.remove(final_path)  # stale or damaged copy: fetch it again
 
@@ -192,14 +193,6 @@ def _content_length(res) -> int | None:
     if res.headers.get('Content-Encoding', 'identity').lower() != 'identity':
         return None
     return _declared_length(res)
-
-
-def _sha256_of_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _short(e: BaseException) -> str:

@@ -24,7 +24,7 @@ import scipy.linalg
 import torch
 
 from gan_prune.defaults import METRICS
-from gan_prune.core.device import module_device
+from gan_prune.core.device import module_device, resolve_device
 from gan_prune.core.images import float_to_uint8
 from gan_prune.errors import GanPruneError
 from gan_prune.registry import Registry
@@ -338,9 +338,7 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     if num_gen < 2 or batch < 1:
         raise GanPruneError(f'need num_gen >= 2 and batch >= 1; got num_gen={num_gen}, batch={batch}')
     say = log or (lambda msg: None)
-    device = torch.device(device) if device is not None else module_device(G)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        device = torch.device('cpu')
+    device = resolve_device(device) if device is not None else module_device(G)
     if not isinstance(detector, Detector):
         detector = build_detector(detector, device=device, cache_dir=cache_dir, trust=trust)
     need_features = any(METRIC_REGISTRY.info(name)['needs_features'] for name in names)
