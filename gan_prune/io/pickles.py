@@ -416,7 +416,7 @@ def _numpy_to_python(value: Any) -> Any:
         if all(mapped[k] is v for k, v in value.items()):
             return value
         converted = copy.copy(value)
-        converted.update(items)
+        converted.update(mapped)
         return converted
     return value
 
