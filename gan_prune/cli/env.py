@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+from typing import Any
 
 import click
 
@@ -20,7 +21,7 @@ def environment_report() -> dict:
 
     from gan_prune import __version__, compat, weights
     from gan_prune.core.device import resolve_device
-    report = dict(
+    report: dict[str, Any] = dict(
         gan_prune=__version__,
         python=platform.python_version(),
         platform=platform.platform(),

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable  # noqa: F401  (Callable: the row filters of the stats files)
 
 import numpy as np
 import torch
