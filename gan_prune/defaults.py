@@ -114,7 +114,7 @@ EMBED: dict[str, Any] = dict(
     device='auto',                 # auto: cuda if available, else cpu
 )
 
-DIME: dict[str, Any] = dict(
+DIME = dict(
     release_spec='clip:RN50=15,dino-resnet50=20',   # the released embedders and weights (needs local weight files)
     mmd_scales=[0.5, 1.0, 2.0],    # bandwidths = median pairwise distance x these
     bank_batch=1024,               # teacher-bank rows per MMD evaluation

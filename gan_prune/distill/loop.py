@@ -38,9 +38,9 @@ import torch
 from gan_prune.defaults import DISTILL
 from gan_prune.distill import rundir as rd
 from gan_prune.distill.losses import KD_MODES, CaganKD, DistillLoss, PerceptualDistance
+from gan_prune.errors import GanPruneError
 from gan_prune.core.device import resolve_device
 from gan_prune.core.fingerprint import module_fingerprint as module_checksum  # replica comparison
-from gan_prune.errors import GanPruneError
 
 RESUME_FORMAT = 'gan_prune.distill.resume.v1'
 TEACHER_STATS_FILE = 'teacher_stats.npz'
