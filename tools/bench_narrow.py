@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmd  # noqa: E402  (tools/ is not a package)
+from gan_prune.core import bench
+
+BENCH_MD = bench.repo_file(__file__, 'docs', 'benchmarks.md')
 
 # (in channels, out channels, output resolution, up): 3x3 layers, then upsampling layers.
 SHAPES = [
@@ -63,7 +62,7 @@ def time_layer(in_ch: int, out_ch: int, resolution: int, up: int, repeats: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=9, help='timed calls per layer and path (median reported)')
-    parser.add_argument('--no-write', action='store_true', help='print instead of writing docs/benchmarks.md')
+    bench.add_report_option(parser)
     args = parser.parse_args()
 
     from torch_utils.ops import narrow_conv
@@ -79,8 +78,8 @@ def main() -> None:
         rows.append(f'| {kind} | {in_ch} -> {out_ch} | {resolution} | {kernel_ms:.2f} | {onednn_ms:.2f} | '
                     f'{kernel_ms / onednn_ms:.2f} | {"kernels" if out_ch <= narrow_conv.MAX_CHANNELS else "oneDNN"} |')
     md = ['## Narrow-layer kernels vs oneDNN (one synthesis layer, batch 4, fp32, 1 thread)', '',
-          f'Measured {datetime.date.today().isoformat()} on: {benchmd.machine_line()}. Load average: '
-          f'{", ".join(f"{v:.1f}" for v in os.getloadavg())}.',
+          f'Measured {datetime.date.today().isoformat()} on: {bench.machine_line()}. Load average: '
+          f'{bench.load_average()}.',
           f'Command: `python tools/bench_narrow.py` (median process CPU time of {args.repeats} interleaved calls '
           'per path; the whole layer: convolution, noise, bias, leaky ReLU, clamp).', '',
           '| layer | channels | output px | kernels ms | oneDNN ms | kernels / oneDNN | used |',
@@ -90,8 +89,8 @@ def main() -> None:
     if args.no_write:
         print('\n'.join(md))
     else:
-        benchmd.write_section('narrow', '\n'.join(md))
-        print(f'wrote section "narrow" of {benchmd.BENCH_MD}')
+        bench.write_section('narrow', '\n'.join(md), BENCH_MD)
+        print(f'wrote section "narrow" of {BENCH_MD}')
 
 
 if __name__ == '__main__':

@@ -14,7 +14,6 @@ Writes the "networks" section of docs/benchmarks.md (median ms per image, batch 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -23,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmd  # noqa: E402
+from training import networks
 
-from training import networks  # noqa: E402
+from gan_prune.core import bench
+
+BENCH_MD = bench.repo_file(__file__, 'docs', 'benchmarks.md')
 
 #----------------------------------------------------------------------------
 # Baseline ops, straight from the definitions.
@@ -276,11 +276,7 @@ def bench_res(res: int, repeats: int, batch: int, threads: int, clock: str, with
     return rows, rel
 
 
-def load_average() -> str:
-    try:
-        return ', '.join(f'{v:.1f}' for v in os.getloadavg())
-    except OSError:
-        return 'n/a'
+load_average = bench.load_average
 
 
 def main(argv=None):
@@ -310,7 +306,7 @@ def main(argv=None):
     lines = [
         '## networks: training/networks.py on CPU',
         '',
-        f'Machine: {benchmd.machine_line()}. Measured {time.strftime("%Y-%m-%d")}; load average (1, 5, 15 min) '
+        f'Machine: {bench.machine_line()}. Measured {time.strftime("%Y-%m-%d")}; load average (1, 5, 15 min) '
         f'before / after: {load_before} / {load_average()} (the machine is shared; load inflates wall times).',
         f'Command: `{command}`: batch {args.batch}, float32, median of {repeats} timed runs after one warm-up, '
         'ours and baseline alternating, reported per image. Wall: elapsed time with '
@@ -344,8 +340,8 @@ def main(argv=None):
     lines += ['', f'Target (paper256 G forward, batch 4, fp32, 2 threads): at most 350 ms per image; measured '
               f'{g256:.0f} ms wall ({"met" if g256 <= 350 else "not met on this run"}), '
               f'{generic["cpu"]["ours"]:.0f} ms CPU time with one thread.']
-    benchmd.write_section('networks', '\n'.join(lines))
-    print('wrote the networks section of', benchmd.BENCH_MD)
+    bench.write_section('networks', '\n'.join(lines), BENCH_MD)
+    print('wrote the networks section of', BENCH_MD)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import sys
 import time
 
 import click
@@ -21,9 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from torch_utils.ops import bias_act, conv2d_resample, upfirdn2d  # noqa: E402
+from torch_utils.ops import bias_act, conv2d_resample, upfirdn2d
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -172,7 +169,7 @@ def main(resolution: int, batch: int, threads: int, repeats: int, clock: str, wr
         fast_times.append(time_call(run, timer) / batch)
     plain, fast = statistics.median(plain_times), statistics.median(fast_times)
 
-    from benchmd import machine_line, write_section
+    from gan_prune.core import bench
     command = f'python tools/bench_ops.py --resolution {resolution} --batch {batch} --threads {threads} ' \
               f'--repeats {repeats} --clock {clock}'
     markdown = '\n'.join([
@@ -187,11 +184,12 @@ def main(resolution: int, batch: int, threads: int, repeats: int, clock: str, wr
         '',
         f'Speed-up {plain / fast:.2f}x (median), {min(plain_times) / min(fast_times):.2f}x (best); outputs agree to '
         f'max|diff| {diff:.2e} (max|img| {scale:.2f}). Load average at the end: {os.getloadavg()[0]:.1f}.',
-        f'Machine: {machine_line()}. Command: `{command}`.',
+        f'Machine: {bench.machine_line()}. Command: `{command}`.',
     ])
     print(markdown)
     if write:
-        write_section(f'ops-{threads}threads-{clock}', markdown)
+        report = bench.repo_file(__file__, 'docs', 'benchmarks.md')
+        bench.write_section(f'ops-{threads}threads-{clock}', markdown, report)
 
 
 if __name__ == '__main__':

@@ -24,8 +24,9 @@ from typing import Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmd  # noqa: E402  (tools/ is not a package)
+from gan_prune.core import bench
+
+BENCH_MD = bench.repo_file(__file__, 'docs', 'benchmarks.md')
 
 PAPER_RATIOS = (0.5, 0.7, 0.8, 0.9, 0.95)
 BATCH = 4
@@ -177,7 +178,7 @@ def top_ops(G, limit: int = 8) -> list[tuple[str, float]]:
 def earlier_prune_section() -> list[str]:
     """The pruning subsection of the current docs/benchmarks.md (kept when this run skips pruning)."""
     try:
-        text = open(benchmd.BENCH_MD, encoding='utf-8').read()
+        text = open(BENCH_MD, encoding='utf-8').read()
     except OSError:
         return []
     start = text.find('### Pruning paper256')
@@ -189,11 +190,7 @@ def earlier_prune_section() -> list[str]:
     return text[start:end].rstrip().splitlines() + ['']
 
 
-def load_average() -> str:
-    try:
-        return ', '.join(f'{x:.1f}' for x in os.getloadavg())
-    except OSError:
-        return 'n/a'
+load_average = bench.load_average
 
 
 def main() -> None:
@@ -203,10 +200,10 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=9,
                         help=f'timed calls per student, over {ROUNDS} interleaved rounds (median reported)')
     parser.add_argument('--skip-prune', action='store_true', help='only measure latency')
-    parser.add_argument('--no-write', action='store_true', help='print instead of writing docs/benchmarks.md')
+    bench.add_report_option(parser)
     args = parser.parse_args()
 
-    from gan_prune.demo.builtin import load_builtin
+    from gan_prune.io.pickles import load_builtin
     from gan_prune.nets.cost import generator_cost
     from torch_utils.ops import narrow_conv
 
@@ -232,7 +229,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     load_after = load_average()
 
-    md = [f'Measured {datetime.date.today().isoformat()} on: {benchmd.machine_line()}.',
+    md = [f'Measured {datetime.date.today().isoformat()} on: {bench.machine_line()}.',
           f'Load average (1, 5, 15 min) before / after: {load_before} / {load_after} (the machine is shared; '
           f'higher load inflates times).', '']
     cmd = ('python tools/bench_prune.py' + (f' --samples {args.samples}' if args.samples != 400 else '')
@@ -286,9 +283,9 @@ def main() -> None:
     if args.no_write:
         print(text)
     else:
-        benchmd.write_section('prune', text)
+        bench.write_section('prune', text, BENCH_MD)
         print(text)
-        print(f'\nwrote section "prune" of {benchmd.BENCH_MD}')
+        print(f'\nwrote section "prune" of {BENCH_MD}')
 
 
 if __name__ == '__main__':

@@ -28,10 +28,9 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmd  # noqa: E402  (tools/ is not a package)
+from gan_prune.core import bench
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = bench.repo_file(__file__)
 RESULTS_MD = os.path.join(REPO, 'docs', 'results.md')
 RESULTS_PNG = os.path.join(REPO, 'docs', 'results.png')
 EMBED = 'effnet-lite0:96'
@@ -60,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument('--seeds', default='0', help='Training seeds (comma list); results are averaged over them.')
     p.add_argument('--num-gen', type=int, default=1300, help='Generated (and real) images per metric.')
     p.add_argument('--prune-samples', type=int, default=200, help='Samples of the content-aware scores.')
-    p.add_argument('--no-write', action='store_true', help='Do not touch docs/.')
+    bench.add_report_option(p, 'docs/results.md and docs/results.png')
     return p.parse_args(argv)
 
 
@@ -166,7 +165,7 @@ def main(argv=None) -> None:
     print('\n' + md)
     if not args.no_write:
         plot(rows, rates, methods, RESULTS_PNG)
-        benchmd.write_section('table', md, path=RESULTS_MD)
+        bench.write_section('table', md, path=RESULTS_MD)
         print(f'wrote {RESULTS_MD} and {RESULTS_PNG}')
 
 
@@ -206,11 +205,10 @@ def table_markdown(rows: list[dict], args, rates, methods, seeds, seconds: float
             group = [r for r in rows if r['rate'] == rate and r['method'] == method]
             if group:
                 line(f'{rate:.0%}', LABELS[method], group)
-    from benchmd import machine_line
     cmd = (f'python tools/bench_table.py --outdir {args.outdir} --rates {args.rates} --methods {",".join(methods)} '
            f'--kimg {args.kimg:g} --batch {args.batch} --seeds {args.seeds} --num-gen {args.num_gen}')
     return '\n'.join([
-        f'Measured {time.strftime("%Y-%m-%d")} on: {machine_line()}. This invocation took {seconds / 60:.1f} min '
+        f'Measured {time.strftime("%Y-%m-%d")} on: {bench.machine_line()}. This invocation took {seconds / 60:.1f} min '
         f'(finished runs are reused from results.jsonl).', '',
         f'Command: `{cmd}`', '',
         f'Teacher `{args.teacher}`; every student is pruned from it with content-aware scores ({args.prune_samples} '

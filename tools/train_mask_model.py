@@ -1,6 +1,6 @@
 """Train the content segmenter for the cartoon-face data and save it as a mask model file (class name + state dict).
 
-    python tools/train_mask_model.py --out gan_prune/demo/face_mask.pt --steps 1500
+    python tools/train_mask_model.py --out gan_prune/assets/face_mask.pt --steps 1500
 
 Trains on a pool of procedural faces (seeds disjoint from the teacher's data), with x-flips; reports IoU on
 held-out seeds.
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import tqdm
 
 from gan_prune.demo.faces import make_faces
-from gan_prune.demo.mask_model import ContentSegmenter, save_mask_model
+from gan_prune.models.segmenter import ContentSegmenter, save_mask_model
 
 
 def to_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 
     python tools/make_dataset.py --out data/faces32.zip --num 20000 --seed 0
     python tools/train_teacher.py --data data/faces32.zip --outdir runs/teacher --kimg 300 \
-        --out gan_prune/demo/teacher.pkl
+        --out gan_prune/assets/teacher.pkl
 
 Training is the distillation loop with nothing to distil: a freshly initialised generator is both "teacher"
 and "student", --kd none, no D^T game, D^S starts from the fresh D. That is plain StyleGAN2 training
@@ -19,7 +19,7 @@ import time
 import click
 import torch
 
-from gan_prune.demo.builtin import easydicts
+from gan_prune.io.builtin import easydicts
 from gan_prune.demo.pipeline import export_generator
 from gan_prune.errors import GanPruneError
 from gan_prune.io.pickles import save_network_pkl

@@ -25,7 +25,8 @@ from gan_prune.defaults import DEMO as D
 @click.option('--seeds', default=D['seeds'], callback=checks.seeds, show_default=True,
               help='Latent seeds of the side-by-side image (gan-prune generate conventions).')
 @click.option('--seed', type=int, default=D['seed'], show_default=True, help='Seed of pruning and training.')
-@click.option('--device', default=D['device'], callback=checks.device, show_default=True, help='cpu, cuda, or auto (cuda when available).')
+@click.option('--device', default=D['device'], callback=checks.device, show_default=True,
+              help='cpu, cuda, or auto (cuda when available).')
 def command(**options) -> None:
     """Prune the bundled 32 px teacher, fine-tune it briefly with NICKEL & DiME, export it, and compare.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+from typing import Any
 
 import click
 
@@ -19,7 +20,8 @@ def environment_report() -> dict:
     import torch
 
     from gan_prune import __version__, compat, weights
-    report = dict(
+    from gan_prune.core.device import resolve_device
+    report: dict[str, Any] = dict(
         gan_prune=__version__,
         python=platform.python_version(),
         platform=platform.platform(),
@@ -28,7 +30,7 @@ def environment_report() -> dict:
         torch_threads=torch.get_num_threads(),
         cuda_available=torch.cuda.is_available(),
         cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        default_device='cuda' if torch.cuda.is_available() else 'cpu',
+        default_device=str(resolve_device('auto')),
         compat=compat.describe(),
     )
     try:

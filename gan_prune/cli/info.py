@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import click
 
@@ -38,7 +39,7 @@ def network_summary(data: dict, src: str, convention: str = 'conv') -> dict:
         raise GanPruneError(f'{src} holds no generator (no G_ema or G entry); is it a StyleGAN2-ADA network pickle?')
     syn = G.synthesis
     blocks = [getattr(syn, f'b{r}') for r in syn.block_resolutions]
-    summary = dict(
+    summary: dict[str, Any] = dict(
         source=src,
         format=sniff_format(src),
         generator=dict(

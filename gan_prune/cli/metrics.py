@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import click
 
@@ -104,7 +105,7 @@ def command(src: str, metric_list: str, data: str | None, ref_pkl: str | None, d
             cache_dir: str | None, as_json: bool, out_path: str | None, trust_pickle: bool) -> None:
     """Compute FID, KID and precision/recall of a network against a dataset or against a teacher's samples."""
     from gan_prune.metrics.compute import compute_metrics, parse_metrics
-    from gan_prune.metrics.detectors import resolve_device
+    from gan_prune.core.device import resolve_device
 
     names = parse_metrics(metric_list)
     if data is not None and ref_pkl is not None:
@@ -128,7 +129,7 @@ def command(src: str, metric_list: str, data: str | None, ref_pkl: str | None, d
     results = compute_metrics(G, names, data=data, ref_G=ref_G, detector=detector, num_gen=num_gen, batch=batch,
                               seed=seed, num_real=num_real, num_ref=num_ref, device=torch_device, cache=cache,
                               cache_dir=cache_dir, progress=not as_json, log=log, trust=trust_pickle)
-    record = dict(pkl=src, metrics=names, results=results, detector=detector, num_gen=num_gen, seed=seed,
+    record: dict[str, Any] = dict(pkl=src, metrics=names, results=results, detector=detector, num_gen=num_gen, seed=seed,
                   reference=(dict(data=data) if ref_pkl is None
                              else dict(ref_pkl=ref_pkl, num_ref=num_gen if num_ref is None else num_ref)),
                   num_real=num_real, device=str(torch_device), total_time_s=round(time.time() - start, 3),

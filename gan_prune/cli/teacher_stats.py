@@ -69,6 +69,7 @@ def command(src: str, embed_spec: str, embed_weights: tuple[str, ...], normalize
     stats = teacher_stats.compute_teacher_stats(
         G, embedders, out, samples=samples, batch=batch, seed=seed, noise_mode=noise_mode, bank_size=bank_size,
         checkpoint_every=checkpoint_every, device=dev, source=src, spec=embed_spec)
+    assert stats is not None  # None only when max_batches stops the run early
     for entry in stats.embeddings.values():
         bank = f', bank {entry.bank.shape[0]}' if entry.bank is not None else ''
         click.echo(f'{entry.name}: {entry.dim}-d, {entry.count} samples{bank}')

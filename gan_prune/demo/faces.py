@@ -115,8 +115,8 @@ def draw_face(seed: int, index: int, resolution: int = 32) -> tuple[np.ndarray, 
     else:  # open mouth
         shape('ellipse', _ellipse(cx, mouth_y, mouth_w * 0.6, mouth_w * rng.uniform(0.2, 0.45)), lips)
 
-    small = img.resize((resolution, resolution), PIL.Image.BOX)
-    small_mask = mask.resize((resolution, resolution), PIL.Image.BOX)
+    small = img.resize((resolution, resolution), PIL.Image.Resampling.BOX)
+    small_mask = mask.resize((resolution, resolution), PIL.Image.Resampling.BOX)
     return np.asarray(small, np.uint8), ((np.asarray(small_mask) >= 128) * 255).astype(np.uint8)
 
 
@@ -133,7 +133,7 @@ def write_faces_zip(path: str, num: int, seed: int = 0, resolution: int = 32) ->
     """Write `num` faces as a StyleGAN2-ADA dataset zip with a `content_masks.npy` entry [N, H, W], atomically."""
     import io
 
-    from gan_prune.distill.data import write_dataset_zip
+    from gan_prune.data.datasets import write_dataset_zip
     images, masks = make_faces(num, seed, resolution)
     buf = io.BytesIO()
     np.save(buf, masks)

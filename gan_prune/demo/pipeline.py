@@ -136,7 +136,7 @@ def write_comparison(models: dict[str, torch.nn.Module], seeds: list[int], path:
     grid = np.concatenate(rows, axis=0)
     h = models['teacher'].img_resolution * TILE_SCALE
     image = PIL.Image.fromarray(grid).resize((grid.shape[1] * TILE_SCALE, grid.shape[0] * TILE_SCALE),
-                                             PIL.Image.NEAREST)
+                                             PIL.Image.Resampling.NEAREST)
     label_w = 230
     canvas = PIL.Image.new('RGB', (image.width + label_w, image.height), 'white')
     canvas.paste(image, (label_w, 0))
@@ -158,7 +158,7 @@ def _font(size: int):
 def evaluate_models(models: dict[str, torch.nn.Module], data: str, o: dict,
                     log: Callable[[str], None]) -> list[dict]:
     """Metrics against the data and the teacher, parameters, MACs and CPU latency of each model."""
-    from gan_prune.generate import resolve_device
+    from gan_prune.core.device import resolve_device
     from gan_prune.metrics.compute import compute_metrics
     from gan_prune.metrics.detectors import build_detector
     from gan_prune.nets.cost import generator_cost
@@ -170,7 +170,7 @@ def evaluate_models(models: dict[str, torch.nn.Module], data: str, o: dict,
     for name, G in models.items():
         G = G.to(device)
         log(f'{MODEL_LABELS[name]}:')
-        samples = {}  # G's images go through the detector once for both references
+        samples: dict = {}  # G's images go through the detector once for both references
         vs_data = compute_metrics(G, o['metrics'], data=data, detector=detector, num_gen=int(o['metrics_num_gen']),
                                   num_real=int(o['metrics_num_gen']), device=device, progress=True, log=log,
                                   gen_cache=samples)
@@ -196,7 +196,7 @@ def cpu_latencies_ms(models: dict[str, torch.nn.Module], batch: int = 4, rounds:
     torch.set_num_threads(1)
     runs: dict[str, list[float]] = {name: [] for name in models}
     try:
-        for name, G in models.items():  # warm-up
+        for G in models.values():  # warm-up
             generator_latency(G.cpu(), batch=batch, repeats=1, warmup=2)
         for _ in range(rounds):
             for name, G in models.items():

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_prune.defaults import DIME
+from gan_prune.defaults import DIME, DISTILL
 from gan_prune.distill.embedders import Embedder, build_embedder
 from gan_prune.errors import GanPruneError
 
@@ -278,7 +278,7 @@ class DiMELoss(nn.Module):
         return sum(w * values[n] for n, w in zip(self.names, self.weights))
 
     @classmethod
-    def build(cls, spec: str, estimator: str = DIME['estimator'], stats=None,
+    def build(cls, spec: str, estimator: str = DISTILL['dime_estimator'], stats=None,
               weight_files: Sequence[str] | Mapping[str, str] | None = None, normalize: bool = False,
               mmd_scales: Sequence[float] = DEFAULT_MMD_SCALES, bank_batch: int | None = DEFAULT_BANK_BATCH,
               trust: bool = False, chunk: int | None = None) -> 'DiMELoss':

@@ -40,13 +40,15 @@ from gan_prune.defaults import DISTILL
 from gan_prune.distill import rundir as rd
 from gan_prune.distill.losses import DistillLoss
 from gan_prune.errors import GanPruneError
+from gan_prune.core.device import resolve_device
+from gan_prune.core.fingerprint import module_fingerprint as module_checksum  # replica comparison
 
 RESUME_FORMAT = 'gan_prune.distill.resume.v1'
 TEACHER_STATS_FILE = 'teacher_stats.npz'
 METRICS_FILE = 'metrics.jsonl'
 # Options that may change when resuming a run directory; every other option must stay as it was.
-RESUME_OVERRIDABLE = ('kimg', 'snap', 'tick', 'metrics', 'metrics_num_gen', 'metrics_detector', 'workers', 'lr', 'gamma', 'pl_weight', 'gpus', 'device',
-                      'batch_gpu', 'grid', 'resume', 'trust')
+RESUME_OVERRIDABLE = ('kimg', 'snap', 'tick', 'metrics', 'metrics_num_gen', 'metrics_detector', 'workers', 'lr',
+                      'gamma', 'pl_weight', 'gpus', 'device', 'batch_gpu', 'grid', 'resume', 'trust')
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -291,18 +293,6 @@ def sanitize_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
     return count
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == 'cpu':
-        return torch.device('cpu')
-    if torch.cuda.is_available():
-        if name.startswith('cuda:'):
-            return torch.device(name)
-        return torch.device('cuda', local_rank % torch.cuda.device_count())
-    if name.startswith('cuda'):
-        print('CUDA is not available: training on the CPU', file=sys.stderr)
-    return torch.device('cpu')
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Processes
 
@@ -381,12 +371,6 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
-
-
-def module_checksum(module: torch.nn.Module) -> float:
-    """Sum of all parameters and buffers in float64 (replica comparison)."""
-    with torch.no_grad():
-        return float(sum(t.detach().double().sum().item() for t in list(module.parameters()) + list(module.buffers())))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -686,7 +670,7 @@ class Trainer:
             raise GanPruneError('the teacher D and G differ in resolution; check the teacher pickle')
 
     def _setup_data(self) -> None:
-        from gan_prune.distill.data import ImageDataset, RealImageSource, TeacherSampleDataset
+        from gan_prune.data.datasets import ImageDataset, RealImageSource, TeacherSampleDataset
         opts = self.opts
         seed = int(opts['seed'])
         if opts.get('data_free'):

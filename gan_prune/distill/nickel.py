@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_prune.defaults import NICKEL
+from gan_prune.defaults import DISTILL
 from gan_prune.distill.wavelets import haar_high_bands
 from gan_prune.errors import GanPruneError
 
@@ -29,7 +29,7 @@ from gan_prune.errors import GanPruneError
 class NickelLoss(nn.Module):
     """Sum over Haar levels of the MSE between teacher and student high-frequency sub-bands."""
 
-    def __init__(self, teacher_channels: int, student_channels: int, levels: int = NICKEL['levels']):
+    def __init__(self, teacher_channels: int, student_channels: int, levels: int = DISTILL['nickel_levels']):
         super().__init__()
         if levels < 1:
             raise ValueError(f'levels must be >= 1, got {levels}')

@@ -25,12 +25,12 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable  # noqa: F401  (Callable: the row filters of the stats files)
 
 import numpy as np
-import PIL.Image
 import torch
 
+from gan_prune.core.images import image_grid, to_hwc_uint8, write_png
 from gan_prune.errors import GanPruneError
 from gan_prune import fileio
 from gan_prune.fileio import atomic_write
@@ -295,18 +295,8 @@ def parse_grid(grid: str | tuple | list) -> tuple[int, int]:
 
 def save_image_grid(images: torch.Tensor | np.ndarray, path: str, grid: tuple[int, int]) -> None:
     """Tile images [N, C, H, W] (float in [-1, 1], or uint8) into a gw x gh PNG, written atomically."""
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu()
-        if images.dtype != torch.uint8:
-            images = (images.to(torch.float32) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-        images = images.numpy()
-    gw, gh = grid
-    n, c, h, w = images.shape
-    if n < gw * gh:
-        images = np.concatenate([images, np.zeros([gw * gh - n, c, h, w], dtype=np.uint8)])
-    tiles = images[:gw * gh].reshape(gh, gw, c, h, w).transpose(0, 3, 1, 4, 2).reshape(gh * h, gw * w, c)
-    im = PIL.Image.fromarray(tiles[:, :, 0], 'L') if c == 1 else PIL.Image.fromarray(tiles[:, :, :3], 'RGB')
-    atomic_write(path, lambda f: im.save(f, format='PNG'))
+    tiles = image_grid(to_hwc_uint8(images), cols=grid[0], rows=grid[1])
+    write_png(tiles if tiles.shape[-1] == 1 else tiles[:, :, :3], path)
 
 
 # ------------------------------------------------------------------------------------------------------------

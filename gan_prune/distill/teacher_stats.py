@@ -23,6 +23,8 @@ import torch
 
 from gan_prune.defaults import EMBED
 from gan_prune.distill.embedders import Embedder
+from gan_prune.core.device import resolve_device  # noqa: F401  (part of this module's API)
+from gan_prune.core.fingerprint import module_fingerprint
 from gan_prune.errors import GanPruneError
 from gan_prune.fileio import atomic_write
 
@@ -97,13 +99,6 @@ def atomic_savez(path: str, arrays: dict) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _generator_checksum(G: torch.nn.Module) -> float:
-    # Cheap fingerprint so a partial state is never resumed with a different network behind the same path.
-    with torch.no_grad():
-        return float(sum(t.detach().double().abs().sum().item() for t in G.state_dict().values()
-                         if t.is_floating_point()))
-
-
 def run_options(G: torch.nn.Module, embedders: Sequence[Embedder], samples: int, batch: int, seed: int,
                 noise_mode: str, truncation_psi: float, bank_size: int, source: str) -> dict:
     """The options that determine the result; a partial state is resumed only if they are equal."""
@@ -114,7 +109,7 @@ def run_options(G: torch.nn.Module, embedders: Sequence[Embedder], samples: int,
         samples=int(samples), batch=int(batch), seed=int(seed), noise_mode=noise_mode,
         truncation_psi=float(truncation_psi), bank_size=int(bank_size), source=str(source),
         generator=dict(z_dim=int(G.z_dim), c_dim=int(G.c_dim), img_resolution=int(G.img_resolution),
-                       img_channels=int(G.img_channels), checksum=round(_generator_checksum(G), 6)),
+                       img_channels=int(G.img_channels), checksum=module_fingerprint(G)),
     )
 
 
@@ -291,18 +286,3 @@ def load_teacher_generator(src: str, trust: bool = False) -> torch.nn.Module:
     if G is None:
         raise GanPruneError(f'{src} has no G_ema network')
     return G.eval().requires_grad_(False)
-
-
-def resolve_device(name: str = 'auto') -> torch.device:
-    """'auto' -> cuda when available, else cpu; an unavailable 'cuda' falls back to cpu with a warning."""
-    import warnings
-    name = (name or 'auto').lower()
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        warnings.warn('CUDA is not available; running on the CPU')
-        return torch.device('cpu')
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise GanPruneError(f'unknown device {name!r}; use auto, cpu or cuda') from e

@@ -21,29 +21,16 @@ import time
 import urllib.parse
 
 from gan_prune import defaults
+from gan_prune.core.cache import CACHE_ENV_VAR, cache_dir  # noqa: F401  (CACHE_ENV_VAR: part of this API)
+from gan_prune.core.fingerprint import file_sha256
 from gan_prune.errors import GanPruneError
 
-CACHE_ENV_VAR = 'GAN_PRUNE_CACHE_DIR'
 _CHUNK_BYTES = 1 << 20
 # A content-coded body may inflate this many times its bytes on the wire (plus the allowance below). Network
 # pickles are float weights that compress by a few percent; a gzip bomb inflates about 1000 times.
 MAX_INFLATION_RATIO = 100
 _INFLATION_ALLOWANCE_BYTES = 16 << 20
 _HTML_STARTS = (b'<!doctype html', b'<html', b'<head', b'<?xml')
-
-
-def cache_dir(override: str | os.PathLike | None = None) -> str:
-    """The toolkit's cache dir: `override`, else $GAN_PRUNE_CACHE_DIR, else defaults.DOWNLOAD['cache_dir'],
-    else $DNNLIB_CACHE_DIR/gan_prune, else ~/.cache/gan_prune."""
-    if override is not None:
-        return os.fspath(override)
-    if os.environ.get(CACHE_ENV_VAR):
-        return os.environ[CACHE_ENV_VAR]
-    if defaults.DOWNLOAD.get('cache_dir'):
-        return os.fspath(defaults.DOWNLOAD['cache_dir'])
-    if os.environ.get('DNNLIB_CACHE_DIR'):
-        return os.path.join(os.environ['DNNLIB_CACHE_DIR'], 'gan_prune')
-    return os.path.join(os.path.expanduser('~'), '.cache', 'gan_prune')
 
 
 def split_checksum(url: str) -> tuple[str, str | None]:
@@ -82,7 +69,7 @@ def download(url: str, cache_dir: str | os.PathLike | None = None, sha256: str |
 
     final_path = cached_path(url, cache_dir)
     if os.path.isfile(final_path):
-        if expected_sha is None or _sha256_of_file(final_path) == expected_sha:
+        if expected_sha is None or file_sha256(final_path) == expected_sha:
             return final_path
         os.remove(final_path)  # stale or damaged copy: fetch it again
 
@@ -206,14 +193,6 @@ def _content_length(res) -> int | None:
     if res.headers.get('Content-Encoding', 'identity').lower() != 'identity':
         return None
     return _declared_length(res)
-
-
-def _sha256_of_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _short(e: BaseException) -> str:

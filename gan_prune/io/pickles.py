@@ -55,10 +55,6 @@ def load_network_pkl(src: str | os.PathLike, trust: bool = False, cache_dir: str
         raise GanPruneError(f'network source must be a path, a URL or builtin:NAME, got {src!r}')
 
     if src.startswith('builtin:'):
-        try:
-            from gan_prune.demo.builtin import load_builtin
-        except ImportError as e:
-            raise GanPruneError(f'built-in networks are not available in this installation ({_one_line(e)})') from None
         data = load_builtin(src[len('builtin:'):])
         return _finish(data, src, force_fp16)
 
@@ -68,6 +64,24 @@ def load_network_pkl(src: str | os.PathLike, trust: bool = False, cache_dir: str
             return _load_trusting(f, src, force_fp16)
         data = _load_safe(f, src)
     return _finish(data, src, force_fp16)
+
+
+def load_builtin(name: str) -> dict:
+    """The snapshot dict (G, D, G_ema, training_set_kwargs, augment_pipe) of built-in network `name`: a file
+    shipped in gan_prune/assets, read like any other pickle, or a seeded random network."""
+    try:
+        from gan_prune.io import builtin
+    except ImportError as e:
+        raise GanPruneError(f'built-in networks are not available in this installation ({_one_line(e)})') from None
+    if name not in builtin.SHIPPED:
+        return builtin.build_random(name)
+    path = builtin.shipped_path(name)
+    if not os.path.isfile(path):
+        raise GanPruneError(f'the bundled network file {path} is missing; reinstall gan_prune')
+    data = load_network_pkl(path)
+    if data['G'] is data['G_ema']:  # stored once to keep the file small; callers may train G in place
+        data['G'] = copy.deepcopy(data['G_ema'])
+    return data
 
 
 def _local_path(src: str, cache_dir: str | os.PathLike | None) -> str:
@@ -398,11 +412,11 @@ def _numpy_to_python(value: Any) -> Any:
             return value
         return type(value)(items)
     if isinstance(value, dict):
-        items = {k: _numpy_to_python(v) for k, v in value.items()}
-        if all(items[k] is v for k, v in value.items()):
+        mapped = {k: _numpy_to_python(v) for k, v in value.items()}
+        if all(mapped[k] is v for k, v in value.items()):
             return value
         converted = copy.copy(value)
-        converted.update(items)
+        converted.update(mapped)
         return converted
     return value
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -23,11 +24,17 @@ import scipy.linalg
 import torch
 
 from gan_prune.defaults import METRICS
+from gan_prune.core.device import module_device, resolve_device
+from gan_prune.core.images import float_to_uint8
 from gan_prune.errors import GanPruneError
+from gan_prune.registry import Registry
 from gan_prune.metrics import stats as stats_mod
 from gan_prune.metrics.detectors import Detector, build_detector
 
-METRIC_NAMES = ('fid', 'kid', 'pr')
+# A metric is a function (generated, reference, MetricOptions) -> one float per declared result. It declares
+# `results` (its result keys, before the detector suffix), `needs_features` (every feature vector is kept, not
+# only the mean and covariance) and `label` (the column heading of its first result).
+METRIC_REGISTRY: Registry[Sequence[float]] = Registry('metric')
 # Sampling convention of the cached teacher statistics; bump it when generator sampling changes.
 GENERATOR_SAMPLING = 'z-randomstate-f32,noise-random,u8-127.5+128,v1'
 
@@ -121,6 +128,36 @@ def precision_recall(real_features: np.ndarray, gen_features: np.ndarray, k: int
     return precision, recall
 
 
+@dataclass(frozen=True)
+class MetricOptions:
+    """What a metric may read besides the two sets of features."""
+    seed: int = METRICS['seed']
+    device: torch.device = torch.device('cpu')
+    kid_subsets: int = METRICS['kid_subsets']
+    kid_subset_size: int = METRICS['kid_subset_size']
+    pr_neighbours: int = METRICS['pr_neighbours']
+
+
+@METRIC_REGISTRY.register('fid', results=('fid',), needs_features=False, label='FID')
+def fid_metric(gen: stats_mod.FeatureStats, ref: stats_mod.FeatureStats, opts: MetricOptions) -> list[float]:
+    (mu_gen, cov_gen), (mu_ref, cov_ref) = gen.mean_cov(), ref.mean_cov()
+    return [fid_from_moments(mu_gen, cov_gen, mu_ref, cov_ref)]
+
+
+@METRIC_REGISTRY.register('kid', results=('kid',), needs_features=True, label='KID')
+def kid_metric(gen: stats_mod.FeatureStats, ref: stats_mod.FeatureStats, opts: MetricOptions) -> list[float]:
+    return [kid_from_features(gen.features(), ref.features(), opts.kid_subsets, opts.kid_subset_size,
+                              seed=opts.seed)]
+
+
+@METRIC_REGISTRY.register('pr', results=('precision', 'recall'), needs_features=True, label='Precision')
+def precision_recall_metric(gen: stats_mod.FeatureStats, ref: stats_mod.FeatureStats,
+                            opts: MetricOptions) -> list[float]:
+    precision, recall = precision_recall(ref.features(), gen.features(), k=opts.pr_neighbours, seed=opts.seed,
+                                         device=opts.device)
+    return [precision, recall]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Names
 
@@ -131,25 +168,28 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
     for item in (s.strip().lower() for s in items):
         if not item:
             continue
-        if item not in METRIC_NAMES:
-            raise GanPruneError(f'unknown metric {item!r}; choose from: {", ".join(METRIC_NAMES)}')
+        if item not in METRIC_REGISTRY:
+            raise GanPruneError(f'unknown metric {item!r}; choose from: {", ".join(METRIC_REGISTRY.names())}')
         if item not in names:
             names.append(item)
     if not names:
-        raise GanPruneError(f'no metric requested; choose from: {", ".join(METRIC_NAMES)}')
+        raise GanPruneError(f'no metric requested; choose from: {", ".join(METRIC_REGISTRY.names())}')
     return names
 
 
 def result_keys(metric: str, detector_name: str, is_inception: bool) -> list[str]:
     """Keys of one metric's results: 'fid', 'kid', 'precision'/'recall', with '_<detector>' unless Inception."""
-    base = ['precision', 'recall'] if metric == 'pr' else [metric]
+    base = list(METRIC_REGISTRY.info(metric)['results'])
     return base if is_inception else [f'{b}_{detector_name}' for b in base]
 
 
 def display_name(key: str) -> str:
     """'fid' -> 'FID', 'fid_effnet-lite0' -> 'FD (effnet-lite0)', 'kid_x' -> 'KID (x)', 'recall' -> 'Recall'."""
     base, _, detector = key.partition('_')
-    label = {'fid': 'FID', 'kid': 'KID', 'precision': 'Precision', 'recall': 'Recall'}.get(base, base)
+    labels = {'precision': 'Precision', 'recall': 'Recall'}
+    labels.update({METRIC_REGISTRY.info(name)['results'][0]: METRIC_REGISTRY.info(name)['label']
+                   for name in METRIC_REGISTRY})
+    label = labels.get(base, base)
     if not detector:
         return label
     # The Frechet distance is only "FID" in Inception features; elsewhere it is a Frechet distance (FD).
@@ -159,9 +199,7 @@ def display_name(key: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Images: from a dataset, from a generator
 
-def images_to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] (NCHW float) -> uint8 0..255, StyleGAN2-ADA's rounding."""
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+images_to_uint8 = float_to_uint8
 
 
 def dataset_image_batches(dataset, num: int, batch: int) -> Iterator[torch.Tensor]:
@@ -190,7 +228,7 @@ def make_label_sampler(c_dim: int, dataset=None) -> Callable[[int, np.random.Ran
 
 
 def _generator_kwargs(device: torch.device) -> dict:
-    kwargs = dict(noise_mode='random')
+    kwargs: dict[str, object] = dict(noise_mode='random')
     if device.type != 'cuda':
         kwargs['force_fp32'] = True
     return kwargs
@@ -253,17 +291,11 @@ def dataset_stats(dataset, detector: Detector, num: int, batch: int, capture_all
 # ----------------------------------------------------------------------------------------------------------
 # Entry point used by the CLI and the training loop
 
-def _device_of(module: torch.nn.Module) -> torch.device:
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        return tensor.device
-    return torch.device('cpu')
-
-
 def open_dataset(data, resolution: int | None = None, use_labels: bool = False):
     """A dataset path (zip or folder) -> ImageDataset; an ImageDataset-like object is returned as is."""
     if not isinstance(data, (str, bytes)) and not hasattr(data, '__fspath__'):
         return data
-    from gan_prune.distill.data import ImageDataset
+    from gan_prune.data.datasets import ImageDataset
     path = os.fspath(data)
     if not os.path.exists(path):
         raise GanPruneError(f'dataset not found: {path}; pass a zip or folder of images')
@@ -306,12 +338,10 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     if num_gen < 2 or batch < 1:
         raise GanPruneError(f'need num_gen >= 2 and batch >= 1; got num_gen={num_gen}, batch={batch}')
     say = log or (lambda msg: None)
-    device = torch.device(device) if device is not None else _device_of(G)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        device = torch.device('cpu')
+    device = resolve_device(device) if device is not None else module_device(G)
     if not isinstance(detector, Detector):
         detector = build_detector(detector, device=device, cache_dir=cache_dir, trust=trust)
-    need_features = 'kid' in names or 'pr' in names
+    need_features = any(METRIC_REGISTRY.info(name)['needs_features'] for name in names)
     store = stats_mod.StatsCache(cache_dir, enabled=cache)
 
     if data is not None:
@@ -365,16 +395,11 @@ def compute_metrics(G: torch.nn.Module, metrics: str | Sequence[str], data=None,
     if 'fid' in names and detector.dim and min(num_gen, ref_stats.num_items) <= detector.dim:
         say(f'note: {min(num_gen, ref_stats.num_items)} samples for {detector.dim}-d features: the covariances are '
             'singular and the Frechet distance is strongly biased; use more samples for numbers worth comparing')
+    opts = MetricOptions(seed=seed, device=device, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+                         pr_neighbours=pr_neighbours)
     results: dict[str, float] = {}
     for name in names:
         keys = result_keys(name, detector.name, detector.is_inception)
-        if name == 'fid':
-            results[keys[0]] = fid_from_moments(*gen_stats.mean_cov(), *ref_stats.mean_cov())
-        elif name == 'kid':
-            results[keys[0]] = kid_from_features(gen_stats.features(), ref_stats.features(), kid_subsets,
-                                                 kid_subset_size, seed=seed)
-        else:
-            precision, recall = precision_recall(ref_stats.features(), gen_stats.features(), k=pr_neighbours,
-                                                 seed=seed, device=device)
-            results[keys[0]], results[keys[1]] = precision, recall
+        values = METRIC_REGISTRY.build(name, gen_stats, ref_stats, opts)
+        results.update({key: float(value) for key, value in zip(keys, values)})
     return results

@@ -20,22 +20,14 @@ import os
 
 import torch
 
+from gan_prune.core.cache import cache_dir as core_cache_dir
+from gan_prune.core.device import resolve_device
 from gan_prune.errors import GanPruneError
 from gan_prune.io.trusted import load_torchscript
 
 INCEPTION = 'inception'
 EFFNET_LITE0 = 'effnet-lite0'
 DETECTOR_CHOICES = (EFFNET_LITE0, INCEPTION, INCEPTION + ':FILE')
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None`/'auto' -> CUDA when available else CPU; a CUDA request without CUDA falls back to CPU."""
-    if device is None or str(device) == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        return torch.device('cpu')
-    return device
 
 
 def _file_identity(path: str) -> dict:
@@ -136,9 +128,8 @@ def default_inception_paths(cache_dir: str | None = None) -> list[str]:
     """Where plain `--detector inception` looks, in order: <cache_dir>/detectors/inception-2015-12-05.pt, then
     the file StyleGAN2-ADA's own tools cached under $DNNLIB_CACHE_DIR (or ~/.cache/dnnlib)/downloads/."""
     from gan_prune.defaults import METRICS
-    from gan_prune.metrics.stats import default_cache_dir
     fname = METRICS['inception_file']
-    paths = [os.path.join(cache_dir or default_cache_dir(), 'detectors', fname)]
+    paths = [os.path.join(cache_dir or core_cache_dir(), 'detectors', fname)]
     dnnlib_root = os.environ.get('DNNLIB_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'dnnlib')
     # dnnlib names cached downloads '<md5 of the url>_<file name>'.
     paths += sorted(glob.glob(os.path.join(dnnlib_root, 'downloads', '*_' + fname)))

@@ -1,11 +1,11 @@
 """CPU/GPU latency of a generator call, measured the same way everywhere (demo, results table, benchmarks)."""
 from __future__ import annotations
 
-import os
-import platform
 import time
 
 import torch
+
+from gan_prune.core.bench import machine_description  # noqa: F401  (part of this module's API)
 
 
 @torch.no_grad()
@@ -36,16 +36,3 @@ def generator_latency(G: torch.nn.Module, batch: int = 4, repeats: int = 7, warm
     finally:
         G.train(was_training)
     return {'wall_ms': wall, 'cpu_ms': cpu}
-
-
-def machine_description() -> str:
-    """One line saying where a measurement was taken: CPU model, cores, torch version, threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} thread{"s" if threads != 1 else ""}'

@@ -16,6 +16,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from gan_prune.core.cache import cache_dir
+from gan_prune.core.fingerprint import module_fingerprint as core_module_fingerprint
 from gan_prune.errors import GanPruneError
 from gan_prune.fileio import atomic_write
 
@@ -23,15 +25,8 @@ STATS_FORMAT_VERSION = 1
 
 
 def default_cache_dir() -> str:
-    """DOWNLOAD['cache_dir'], else $GAN_PRUNE_CACHE_DIR, else $DNNLIB_CACHE_DIR/gan_prune, else ~/.cache/gan_prune."""
-    from gan_prune.defaults import DOWNLOAD
-    if DOWNLOAD.get('cache_dir'):
-        return DOWNLOAD['cache_dir']
-    if os.environ.get('GAN_PRUNE_CACHE_DIR'):
-        return os.environ['GAN_PRUNE_CACHE_DIR']
-    if os.environ.get('DNNLIB_CACHE_DIR'):
-        return os.path.join(os.environ['DNNLIB_CACHE_DIR'], 'gan_prune')
-    return os.path.join(os.path.expanduser('~'), '.cache', 'gan_prune')
+    """The toolkit's cache directory (gan_prune.core.cache.cache_dir)."""
+    return cache_dir()
 
 
 class FeatureStats:
@@ -83,6 +78,7 @@ class FeatureStats:
             return self._mean_cov
         if self.num_items == 0:
             raise GanPruneError('no features were collected (empty dataset or num=0)')
+        assert self._sum is not None and self._outer_sum is not None  # set by the first append
         mean = self._sum / self.num_items
         cov = self._outer_sum / self.num_items - np.outer(mean, mean)
         return mean, cov
@@ -158,13 +154,8 @@ def dataset_fingerprint(path: str) -> dict:
 
 
 def module_fingerprint(module: torch.nn.Module) -> dict:
-    """A hash of a network's class name and every parameter and buffer (names, shapes, values)."""
-    h = hashlib.sha256(type(module).__name__.encode())
-    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f'{name}:{t.dtype}:{tuple(t.shape)};'.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return dict(cls=type(module).__name__, sha256=h.hexdigest())
+    """The cache key part of a network: its class name and the sha256 of its weights."""
+    return dict(cls=type(module).__name__, sha256=core_module_fingerprint(module))
 
 
 def cache_path(key: dict, cache_dir: str | None = None) -> str:

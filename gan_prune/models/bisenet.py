@@ -180,8 +180,9 @@ class BiSeNet(nn.Module):
         size = x.shape[2:]
         feat_res8, feat_cp8, feat_cp16 = self.cp(x)
         fused = self.ffm(feat_res8, feat_cp8)
-        outs = (self.conv_out(fused), self.conv_out16(feat_cp8), self.conv_out32(feat_cp16))
-        return tuple(F.interpolate(o, size=size, mode='bilinear', align_corners=True) for o in outs)
+        def upsample(o: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(o, size=size, mode='bilinear', align_corners=True)
+        return upsample(self.conv_out(fused)), upsample(self.conv_out16(feat_cp8)), upsample(self.conv_out32(feat_cp16))
 
     def parse(self, x: torch.Tensor) -> torch.Tensor:
         """Main-head logits only (skips the two auxiliary heads)."""

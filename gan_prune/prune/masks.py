@@ -166,8 +166,8 @@ def build_mask(spec: str | None, parser_weights: str | None = None, notice=print
     if spec == 'none':
         return OnesMask()
     if spec == 'demo-faces':
-        from gan_prune.demo import DEMO_FACE_MASK
-        return UserMask.from_file(DEMO_FACE_MASK, option=option)
+        from gan_prune.assets import FACE_MASK
+        return UserMask.from_file(FACE_MASK, option=option)
     if spec == 'face-parser':
         if not parser_weights:
             raise GanPruneError(f'{option} face-parser needs --parser-weights FILE (the BiSeNet 79999_iter.pth '

@@ -10,14 +10,14 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
 
 from gan_prune import defaults
+from gan_prune.core.device import resolve_device
+from gan_prune.core.fingerprint import file_sha256
 from gan_prune.errors import GanPruneError
-from gan_prune.generate import resolve_device
 from gan_prune.nets.cost import generator_cost
 from gan_prune.prune.importance import IMPORTANCE, GradientImportance, L1OutImportance, build_importance, keep_indices
 from gan_prune.prune.masks import build_mask
@@ -41,11 +41,7 @@ def source_checksum(src: str) -> str | None:
     path = src[len('file://'):] if src.startswith('file://') else src
     if src.startswith('builtin:') or '://' in path or not os.path.isfile(path):
         return None
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def prune(src: str, out: str | None, *, rate: float | None = None, ratio: float | None = None,

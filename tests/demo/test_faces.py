@@ -24,7 +24,7 @@ def test_masks_cover_face_not_background_or_clothes():
 
 
 def test_zip_is_a_dataset_with_masks(tmp_path):
-    from gan_prune.distill.data import ImageDataset
+    from gan_prune.data.datasets import ImageDataset
     path = faces.write_faces_zip(str(tmp_path / 'f.zip'), 6, seed=1, resolution=16)
     ds = ImageDataset(path)
     assert len(ds) == 6 and ds.resolution == 16 and ds.num_channels == 3

@@ -9,7 +9,7 @@ import torch
 import gan_prune
 from gan_prune.cli import main
 from gan_prune.demo import pipeline
-from gan_prune.demo.builtin import shipped_path
+from gan_prune.io.builtin import shipped_path
 from gan_prune.errors import GanPruneError
 from gan_prune.nets.cost import generator_cost
 

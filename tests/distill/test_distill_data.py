@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import torch
 
-from gan_prune.distill.data import (ImageDataset, RealImageSource, ResumableSampler, TeacherSampleDataset,
+from gan_prune.data.datasets import (ImageDataset, RealImageSource, ResumableSampler, TeacherSampleDataset,
                                     float_to_uint8, images_to_float, write_dataset_zip)
 from gan_prune.errors import GanPruneError
 
@@ -271,7 +271,7 @@ def test_unexpected_error_in_a_worker_is_one_line_naming_the_file(tmp_path, monk
 
 
 def test_zip_member_over_the_size_bound_is_refused_before_reading(tmp_path, monkeypatch):
-    from gan_prune.distill import data
+    from gan_prune.data import datasets as data
     path = write_dataset_zip(tmp_path / 's.zip', random_images(2))
     ds = ImageDataset(path)
     monkeypatch.setattr(data, 'MAX_IMAGE_FILE_BYTES', 10)

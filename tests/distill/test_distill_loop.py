@@ -29,7 +29,7 @@ def files(tmp_path_factory, save_tiny_embedder):
     import dnnlib
     import gan_prune
     from training import networks
-    from gan_prune.distill.data import write_dataset_zip
+    from gan_prune.data.datasets import write_dataset_zip
     d = tmp_path_factory.mktemp('distill_loop')
     E = dnnlib.EasyDict
 

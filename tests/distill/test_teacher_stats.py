@@ -212,7 +212,7 @@ def test_batch_seeds_are_distinct():
 def _teacher_source(monkeypatch, G):
     """builtin:tiny32 through the real pickle loader when it is available, else the module's small G."""
     try:
-        from gan_prune.demo.builtin import load_builtin
+        from gan_prune.io.pickles import load_builtin
         load_builtin('tiny32')
         return 'builtin:tiny32'
     except ImportError:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from gan_prune.cli import cli, main
 from gan_prune.cli import metrics as cli_metrics
-from gan_prune.distill.data import write_dataset_zip
+from gan_prune.data.datasets import write_dataset_zip
 
 pytestmark = pytest.mark.filterwarnings('ignore::FutureWarning:torch.jit')
 

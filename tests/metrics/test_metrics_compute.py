@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gan_prune.distill.data import write_dataset_zip
+from gan_prune.data.datasets import write_dataset_zip
 from gan_prune.errors import GanPruneError
 from gan_prune.metrics import compute
 from gan_prune.metrics.detectors import Detector

@@ -56,7 +56,7 @@ def test_generator_cost_matches_analytic_for_every_architecture():
 
 
 def test_paper256_builtin_parameter_count():
-    from gan_prune.demo.builtin import load_builtin
+    from gan_prune.io.pickles import load_builtin
     G = load_builtin('paper256')['G_ema']
     report = cost.generator_cost(G)
     assert report.total_macs == 14_897_111_040

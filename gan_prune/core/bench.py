@@ -1,0 +1,75 @@
+"""What the scripts in tools/ share: where a measurement was taken, the load on the machine, the repository's
+report files, and writing one tool's section of a report without touching the others.
+
+Benchmark numbers belong in docs/benchmarks.md (medians, machine, the exact command), never in docstrings.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import sys
+
+import torch
+
+from gan_prune.fileio import atomic_write
+
+_BENCH_HEADER = '# Benchmarks\n\nEach section is written by the tool named in it; rerun the command to refresh it.\n'
+
+
+def machine_description() -> str:
+    """One line saying where a measurement was taken: CPU model, cores, torch version, threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} thread{"s" if threads != 1 else ""}'
+
+
+def machine_line() -> str:
+    """machine_description() and the Python version."""
+    return f'{machine_description()}, Python {platform.python_version()}'
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages ('n/a' where the system has none)."""
+    try:
+        return ', '.join(f'{v:.1f}' for v in os.getloadavg())
+    except OSError:
+        return 'n/a'
+
+
+def repo_file(tool_file: str, *parts: str) -> str:
+    """A path in the checkout that holds the script `tool_file` (tools/X.py -> <checkout>/<parts>)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(tool_file))), *parts)
+
+
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """The command that reproduces this run, for the report: 'python tools/<script> <arguments>'."""
+    args = sys.argv[1:] if argv is None else argv
+    return ' '.join(['python', f'tools/{script}', *args])
+
+
+def write_section(name: str, markdown: str, path: str) -> None:
+    """Replace the block between `<!-- bench:name -->` and `<!-- /bench:name -->` of the report at `path`
+    (appended if absent; a new docs/benchmarks.md gets its header), atomically."""
+    begin, end = f'<!-- bench:{name} -->', f'<!-- /bench:{name} -->'
+    block = f'{begin}\n{markdown.rstrip()}\n{end}'
+    if os.path.exists(path):
+        text = open(path, encoding='utf-8').read()
+    else:
+        text = _BENCH_HEADER if os.path.basename(path) == 'benchmarks.md' else ''
+    pattern = re.compile(re.escape(begin) + r'.*?' + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + '\n\n' + block + '\n'
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def add_report_option(parser: argparse.ArgumentParser, report: str = 'docs/benchmarks.md') -> None:
+    """The --no-write option every benchmark has: print the numbers but leave the report alone."""
+    parser.add_argument('--no-write', action='store_true', help=f'print only; leave {report} alone')

@@ -1,0 +1,36 @@
+"""gan_prune.core.bench: the helpers of the scripts in tools/, and the scripts' use of them."""
+import os
+
+from gan_prune.core import bench
+
+TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, 'tools')
+
+
+def test_write_section_replaces_only_its_own_block(tmp_path):
+    report = tmp_path / 'docs' / 'benchmarks.md'
+    bench.write_section('a', 'first A', str(report))
+    text = report.read_text()
+    assert text.startswith('# Benchmarks') and '<!-- bench:a -->\nfirst A\n<!-- /bench:a -->' in text
+    bench.write_section('b', 'only B', str(report))
+    bench.write_section('a', 'second A', str(report))
+    text = report.read_text()
+    assert 'first A' not in text and 'second A' in text and 'only B' in text
+    assert text.index('bench:a') < text.index('bench:b')  # replaced in place, not appended again
+    other = tmp_path / 'results.md'
+    bench.write_section('table', 'rows', str(other))
+    assert '<!-- bench:table -->\nrows\n<!-- /bench:table -->' in other.read_text()
+    assert '# Benchmarks' not in other.read_text()  # the header belongs to docs/benchmarks.md only
+
+
+def test_repo_file_and_machine_line():
+    assert bench.repo_file('/x/tools/bench.py', 'docs', 'b.md') == os.path.join('/x', 'docs', 'b.md')
+    assert 'torch' in bench.machine_line() and 'Python' in bench.machine_line()
+    assert bench.command_line('bench_ops.py', ['--batch', '2']) == 'python tools/bench_ops.py --batch 2'
+
+
+def test_no_script_in_tools_edits_sys_path_or_imports_a_sibling_module():
+    for name in sorted(os.listdir(TOOLS)):
+        if name.endswith('.py'):
+            text = open(os.path.join(TOOLS, name), encoding='utf-8').read()
+            assert 'sys.path' not in text, f'tools/{name} edits sys.path; import from gan_prune.core.bench instead'
+            assert 'benchmd' not in text, f'tools/{name} still uses the removed tools/benchmd.py'
