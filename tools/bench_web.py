@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=3, help='page loads per rate; the median is kept (default 3)')
     args = parser.parse_args()
     from gan_prune.demo.builtin import load_builtin
-    from gan_prune.runtime.webassets import export_web, find_chromium, find_ort_web, render_in_browser, serve_folder
+    from gan_prune.runtime.export import export_web
+    from gan_prune.runtime.webassets import find_chromium, find_ort_web, render_in_browser, serve_folder
     chromium, ort_web = find_chromium(), find_ort_web()
     if chromium is None:
         sys.exit('Chromium not found (apt-get install -y chromium)')

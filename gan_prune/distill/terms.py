@@ -161,7 +161,7 @@ class NickelTerm(KDTerm):
 @register_term('cagan', phase='G', needs_teacher_images=True, uses_mask=True)
 class CaganTerm(KDTerm):
     """CAGAN: l1 * mean|M (x_T - x_S)| + perceptual * P(M x_S, M x_T) with M the teacher image's content mask
-    (gan_prune.distill.losses.CaganKD)."""
+    (gan_prune.distill.cagan_kd.CaganKD)."""
 
     def __init__(self, kd: nn.Module):
         super().__init__()
@@ -169,7 +169,7 @@ class CaganTerm(KDTerm):
 
     @classmethod
     def from_options(cls, opts, env):
-        from gan_prune.distill.losses import CaganKD, PerceptualDistance
+        from gan_prune.distill.cagan_kd import CaganKD, PerceptualDistance
         if not opts.get('cagan_l1') and not opts.get('cagan_perceptual'):
             return None
         perceptual = PerceptualDistance(opts['cagan_net'], trust=env.trust) if opts['cagan_perceptual'] > 0 else None

@@ -43,5 +43,3 @@ class EagerBackend(Backend):
         return self.G(z.to(self.device), c.to(self.device), truncation_psi=truncation_psi, noise_mode=noise_mode,
                       **extra)
 
-
-from gan_prune.runtime import exported as _exported  # noqa: E402,F401  registers onnxruntime and torchscript

@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Any, Iterator
@@ -29,6 +30,7 @@ import torch
 
 from gan_prune.errors import GanPruneError
 from gan_prune.fileio import atomic_write
+from gan_prune.runtime import webassets
 
 FORMATS = ('onnx', 'torchscript', 'web')
 EXPORT_NOISE_MODES = ('const', 'none')
@@ -255,7 +257,6 @@ def export_generator(G: torch.nn.Module, fmt: str, out: str, batch: int | None =
             raise GanPruneError('--fp16 applies to --format onnx and web only (TorchScript keeps fp32 weights)')
         return export_torchscript(G, out, batch, truncation_psi, noise_mode, source=source)
     if fmt == 'web':
-        from gan_prune.runtime.webassets import export_web
         return export_web(G, out, truncation_psi, noise_mode, fp16_weights, source=source, ort_web=ort_web)
     raise GanPruneError(f'--format {fmt!r} is unknown; choose one of {", ".join(FORMATS)}')
 
@@ -267,3 +268,34 @@ def temporary_onnx(G: torch.nn.Module, noise_mode: str = 'const') -> bytes:
         export_onnx(G, path, None, 1.0, noise_mode, psi_input=True)
         with open(path, 'rb') as f:
             return f.read()
+
+
+def export_web(G: torch.nn.Module, out: str, truncation_psi: float = 0.7, noise_mode: str = 'const',
+               fp16_weights: bool = False, source: str | None = None, ort_web: str | None = None) -> dict[str, Any]:
+    """Write the page folder `out` (built next to it, then moved in place); returns the facts in model.json."""
+    dist = webassets.find_ort_web(ort_web)
+    webassets.check_out_folder(out)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(out)) + '.', dir=parent)
+    try:
+        facts = export_onnx(G, os.path.join(tmp, 'model.onnx'), None, truncation_psi, noise_mode, fp16_weights,
+                            psi_input=True, source=source)
+        facts.update(format='web', truncation_default=float(truncation_psi),
+                     model_bytes=os.path.getsize(os.path.join(tmp, 'model.onnx')),
+                     ort_web_version=webassets.ort_web_version(dist))
+        atomic_write(os.path.join(tmp, 'model.json'), lambda f: f.write(json.dumps(facts, indent=2).encode()))
+        for name in webassets.PAGE_FILES:
+            atomic_write(os.path.join(tmp, name), lambda f, n=name: f.write(webassets.page_source(n)))
+        os.makedirs(os.path.join(tmp, 'ort'))
+        for name in webassets.ORT_WEB_FILES:
+            shutil.copyfile(os.path.join(dist, name), os.path.join(tmp, 'ort', name))
+        os.chmod(tmp, 0o777 & ~webassets.umask())  # mkdtemp makes it private; a page folder is meant to be served
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    facts['files'] = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
+    return facts

@@ -18,10 +18,8 @@ import tempfile
 from importlib import resources
 from typing import Any
 
-import torch
 
 from gan_prune.errors import GanPruneError
-from gan_prune.fileio import atomic_write
 
 ORT_WEB_VERSION = '1.31.1'  # the version the page is tested with (tests/runtime/test_web.py, .ci/run)
 ORT_WEB_ENV = 'GAN_PRUNE_ORT_WEB'
@@ -74,13 +72,13 @@ def ort_web_version(dist: str) -> str | None:
         return None
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def _page_source(name: str) -> bytes:
+def page_source(name: str) -> bytes:
     return resources.files('gan_prune.runtime').joinpath('web', name).read_bytes()
 
 
@@ -90,38 +88,6 @@ def check_out_folder(out: str) -> None:
         raise GanPruneError(f'--out {out} is a file; --format web writes a folder')
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, 'model.json')):
         raise GanPruneError(f'--out {out} is a folder that is not a web export; choose a new or empty folder')
-
-
-def export_web(G: torch.nn.Module, out: str, truncation_psi: float = 0.7, noise_mode: str = 'const',
-               fp16_weights: bool = False, source: str | None = None, ort_web: str | None = None) -> dict[str, Any]:
-    """Write the page folder `out` (built next to it, then moved in place); returns the facts in model.json."""
-    from gan_prune.runtime.export import export_onnx
-    dist = find_ort_web(ort_web)
-    check_out_folder(out)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(out)) + '.', dir=parent)
-    try:
-        facts = export_onnx(G, os.path.join(tmp, 'model.onnx'), None, truncation_psi, noise_mode, fp16_weights,
-                            psi_input=True, source=source)
-        facts.update(format='web', truncation_default=float(truncation_psi),
-                     model_bytes=os.path.getsize(os.path.join(tmp, 'model.onnx')),
-                     ort_web_version=ort_web_version(dist))
-        atomic_write(os.path.join(tmp, 'model.json'), lambda f: f.write(json.dumps(facts, indent=2).encode()))
-        for name in PAGE_FILES:
-            atomic_write(os.path.join(tmp, name), lambda f, n=name: f.write(_page_source(n)))
-        os.makedirs(os.path.join(tmp, 'ort'))
-        for name in ORT_WEB_FILES:
-            shutil.copyfile(os.path.join(dist, name), os.path.join(tmp, 'ort', name))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a page folder is meant to be served
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    facts['files'] = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
-    return facts
 
 
 # --- serving the folder and driving a headless browser (the browser test and tools/bench_web.py)

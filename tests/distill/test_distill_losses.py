@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gan_prune.distill import cagan_kd as K
 from gan_prune.distill import losses as L
 from gan_prune.errors import GanPruneError
 
@@ -167,19 +168,19 @@ def test_same_noise_gives_identical_images_for_identical_generators(nets):
 
 
 def test_cagan_kd_terms(tmp_path):
-    kd = L.CaganKD(None, l1_weight=3, perceptual_weight=3)
+    kd = K.CaganKD(None, l1_weight=3, perceptual_weight=3)
     x = torch.rand([2, 3, 8, 8])
     l1, perc = kd(x, x)
     assert l1.abs().max() == 0 and perc.abs().max() == 0
     l1, _ = kd(x + 0.25, x)
     torch.testing.assert_close(l1, torch.full([2], 0.25))
-    masked = L.CaganKD(None, mask=lambda img: torch.zeros([img.shape[0], 1, 8, 8]))
+    masked = K.CaganKD(None, mask=lambda img: torch.zeros([img.shape[0], 1, 8, 8]))
     assert masked(x + 1, x)[0].abs().max() == 0
 
 
 def test_perceptual_distance_with_an_embedder(tmp_path, save_tiny_embedder):
     spec = 'torchscript:' + save_tiny_embedder(tmp_path / 'tiny.pt', seed=0)
-    dist = L.PerceptualDistance(spec, trust=True)  # a TorchScript file: the test trusts its own
+    dist = K.PerceptualDistance(spec, trust=True)  # a TorchScript file: the test trusts its own
     x = torch.rand([2, 3, 16, 16]) * 2 - 1
     y = torch.rand([2, 3, 16, 16]) * 2 - 1
     torch.testing.assert_close(dist(x, x), torch.zeros(2))
@@ -189,7 +190,7 @@ def test_perceptual_distance_with_an_embedder(tmp_path, save_tiny_embedder):
 
 def test_perceptual_vgg_needs_a_local_weights_file(tmp_path):
     with pytest.raises(GanPruneError, match='VGG16 weights file not found'):
-        L.PerceptualDistance(f'vgg16:{tmp_path}/missing.pth')
+        K.PerceptualDistance(f'vgg16:{tmp_path}/missing.pth')
 
 
 def test_perceptual_vgg_loads_a_torchvision_state_dict(tmp_path):
@@ -197,7 +198,7 @@ def test_perceptual_vgg_loads_a_torchvision_state_dict(tmp_path):
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16(weights=None).eval()
     torch.save(vgg.state_dict(), tmp_path / 'vgg16.pth')
-    dist = L.PerceptualDistance(f'vgg16:{tmp_path}/vgg16.pth')
+    dist = K.PerceptualDistance(f'vgg16:{tmp_path}/vgg16.pth')
     for a, b in zip(dist.features.state_dict().values(), vgg.features.state_dict().values()):
         assert torch.equal(a, b)
     x = torch.rand([2, 3, 32, 32]) * 2 - 1
@@ -206,12 +207,12 @@ def test_perceptual_vgg_loads_a_torchvision_state_dict(tmp_path):
     d = dist(x, y)
     assert d[0].abs() < 1e-6 and d[1] > 0
     # By hand: unit-normalised relu1_2 .. relu5_3 activations of the shifted/scaled input, squared differences.
-    shift = torch.tensor(L.LPIPS_SHIFT).view(1, 3, 1, 1)
-    scale = torch.tensor(L.LPIPS_SCALE).view(1, 3, 1, 1)
+    shift = torch.tensor(K.LPIPS_SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(K.LPIPS_SCALE).view(1, 3, 1, 1)
     fx, fy, want = (x - shift) / scale, (y - shift) / scale, torch.zeros(2)
-    for idx, layer in enumerate(vgg.features[:max(L.VGG16_TAPS) + 1]):
+    for idx, layer in enumerate(vgg.features[:max(K.VGG16_TAPS) + 1]):
         fx, fy = layer(fx), layer(fy)
-        if idx in L.VGG16_TAPS:
+        if idx in K.VGG16_TAPS:
             nx = fx / (fx.norm(dim=1, keepdim=True) + 1e-10)
             ny = fy / (fy.norm(dim=1, keepdim=True) + 1e-10)
             want += (nx - ny).square().sum(1).mean(dim=[1, 2])
@@ -219,7 +220,7 @@ def test_perceptual_vgg_loads_a_torchvision_state_dict(tmp_path):
     # A state dict of another network is refused with one line.
     torch.save({'features.0.weight': torch.zeros(1)}, tmp_path / 'other.pth')
     with pytest.raises(GanPruneError):
-        L.PerceptualDistance(f'vgg16:{tmp_path}/other.pth')
+        K.PerceptualDistance(f'vgg16:{tmp_path}/other.pth')
 
 
 def test_student_teacher_mismatch_is_a_user_error(nets):
@@ -239,7 +240,7 @@ def test_lpips_vgg_uses_the_packages_learned_weights_on_a_given_trunk(tmp_path, 
     torch.manual_seed(0)
     features = torchvision.models.vgg16(weights=None).features.eval()
     torch.save({f'features.{k}': v for k, v in features.state_dict().items()}, tmp_path / 'vgg16.pth')
-    dist = L.PerceptualDistance(f'lpips-vgg:{tmp_path}/vgg16.pth')
+    dist = K.PerceptualDistance(f'lpips-vgg:{tmp_path}/vgg16.pth')
     package = torch.load(os.path.join(os.path.dirname(lpips.__file__), 'weights', 'v0.1', 'vgg.pth'),
                          map_location='cpu', weights_only=True)
     x = torch.rand([2, 3, 32, 32]) * 2 - 1
@@ -248,13 +249,13 @@ def test_lpips_vgg_uses_the_packages_learned_weights_on_a_given_trunk(tmp_path, 
     d = dist(x, y)
     assert d.shape == (2,) and d[0].abs() < 1e-6 and d[1] > 0
     # By hand: LPIPS = sum over relu1_2..relu5_3 of the spatial mean of w_k . (unit-normalised difference)^2.
-    shift = torch.tensor(L.LPIPS_SHIFT).view(1, 3, 1, 1)
-    scale = torch.tensor(L.LPIPS_SCALE).view(1, 3, 1, 1)
+    shift = torch.tensor(K.LPIPS_SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(K.LPIPS_SCALE).view(1, 3, 1, 1)
     fx, fy, want, tap = (x - shift) / scale, (y - shift) / scale, torch.zeros(2), 0
     with torch.no_grad():
-        for idx, layer in enumerate(features[:max(L.VGG16_TAPS) + 1]):
+        for idx, layer in enumerate(features[:max(K.VGG16_TAPS) + 1]):
             fx, fy = layer(fx), layer(fy)
-            if idx in L.VGG16_TAPS:
+            if idx in K.VGG16_TAPS:
                 nx = fx / (fx.norm(dim=1, keepdim=True) + 1e-10)
                 ny = fy / (fy.norm(dim=1, keepdim=True) + 1e-10)
                 w = package[f'lin{tap}.model.1.weight'].view(1, -1, 1, 1)
@@ -272,5 +273,5 @@ def test_lpips_vgg_uses_the_packages_learned_weights_on_a_given_trunk(tmp_path, 
     monkeypatch.setenv('HOME', str(tmp_path))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(GanPruneError) as e:
-        L.PerceptualDistance('lpips-vgg')
+        K.PerceptualDistance('lpips-vgg')
     assert '\n' not in str(e.value) and 'vgg16-397923af.pth' in str(e.value) and 'effnet-lite0' in str(e.value)

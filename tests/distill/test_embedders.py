@@ -335,7 +335,7 @@ def test_torchscript_embedder_needs_trust_and_is_never_loaded_without(tmp_path, 
     with pytest.raises(GanPruneError) as e:
         build_embedder(f'torchscript:{path}')
     assert '--trust-pickle' in str(e.value) and '\n' not in str(e.value)
-    from gan_prune.distill.losses import PerceptualDistance
+    from gan_prune.distill.cagan_kd import PerceptualDistance
     with pytest.raises(GanPruneError, match='--trust-pickle'):
         PerceptualDistance(f'torchscript:{path}')
     assert loads == []

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from gan_prune.errors import GanPruneError
-from gan_prune.runtime.webassets import (ORT_WEB_FILES, PAGE_FILES, export_web, find_chromium,
+from gan_prune.runtime.export import export_web
+from gan_prune.runtime.webassets import (ORT_WEB_FILES, PAGE_FILES, find_chromium,
                                          find_ort_web, render_in_browser, serve_folder)
 
 pytest.importorskip('onnxruntime')
