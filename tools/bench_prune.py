@@ -88,7 +88,7 @@ class OnnxRuntimeRunner:
         self.path, self.sessions = path, {}
         z = torch.randn([4, G.z_dim])
         batch = torch.export.Dim('batch', min=1, max=64)
-        torch.onnx.export(Reference(G.eval()), (z,), path, dynamo=True, input_names=['z'], output_names=['img'],
+        torch.onnx.export(Reference(G.eval()).eval(), (z,), path, dynamo=True, input_names=['z'], output_names=['img'],
                           dynamic_shapes={'z': {0: batch}}, external_data=False, verbose=False)
         with torch.no_grad():
             expected = Reference(G)(z)
