@@ -215,6 +215,24 @@ def load_average() -> str:
         return 'n/a'
 
 
+def decision_lines(results: dict) -> list:
+    """cpu-kernels against the best standard backend at r = 0.8, per setting (1 thread: CPU time)."""
+    lines = []
+    if 'cpu-kernels' not in results or len(results) < 2:
+        return lines
+    for setting, kernels in results['cpu-kernels'].items():
+        if 0.8 not in kernels:
+            continue
+        column = 1 if setting[0] == 1 else 0
+        standard = {b: r[setting][0.8][column] for b, r in results.items() if b != 'cpu-kernels'}
+        best = min(standard, key=standard.get)
+        lines.append(f'- r = 0.8, {setting[0]} thread(s), batch {setting[1]}: cpu-kernels '
+                     f'{standard[best] / kernels[0.8][column]:.2f}x faster than the best standard backend here '
+                     f'({best}); teacher / student on cpu-kernels '
+                     f'{kernels["teacher"][column] / kernels[0.8][column]:.1f}x.')
+    return [''] + lines if lines else lines
+
+
 def backend_section(teacher, nets: dict, backends: list, repeats: int, thread_counts: list) -> tuple[list, dict]:
     """The backend table (markdown lines) and {backend: {(threads, batch): {key: (wall, cpu)}}}."""
     z_dim = int(teacher.z_dim)
@@ -247,6 +265,7 @@ def backend_section(teacher, nets: dict, backends: list, repeats: int, thread_co
             cells = [f'{out[k][column] * 1e3:.1f}' for k in keys]
             up = f'{out["teacher"][column] / out[0.8][column]:.1f}x' if 0.8 in out else 'n/a'
             md.append(f'| {backend} | {threads} | {batch} | ' + ' | '.join(cells) + f' | {up} |')
+    md += decision_lines(results)
     md += ['', 'Model sizes (float32 weights and buffers; ONNX file where exported), MiB:', '',
            '| | ' + ' | '.join(str(k) for k in keys) + ' |', '|---|' + '---|' * len(keys),
            '| weights | ' + ' | '.join(f'{weight_mib(G):.1f}' for G in [teacher, *nets.values()]) + ' |']

@@ -49,3 +49,13 @@ def test_onnxruntime_runner_renders_what_eager_renders_and_depends_on_z(tmp_path
         expected = G(z, None, noise_mode='const', force_fp32=True)
     assert float((runner(z) - expected).abs().max()) < 1e-4
     assert float((runner(z) - runner(torch.randn([3, 8]))).abs().max()) > 1e-2
+
+
+def test_decision_lines_compare_the_kernels_with_the_best_standard_backend():
+    results = {'eager': {(1, 4): {'teacher': (9, 0.8), 0.8: (9, 0.040)}},
+               'onnxruntime': {(1, 4): {'teacher': (9, 0.6), 0.8: (9, 0.030)}},
+               'cpu-kernels': {(1, 4): {'teacher': (9, 0.4), 0.8: (9, 0.015)}}}
+    lines = bench_prune.decision_lines(results)
+    assert lines[1] == ('- r = 0.8, 1 thread(s), batch 4: cpu-kernels 2.00x faster than the best standard backend '
+                        'here (onnxruntime); teacher / student on cpu-kernels 26.7x.')
+    assert bench_prune.decision_lines({'eager': results['eager']}) == []
