@@ -3,11 +3,17 @@
 Measures
 1. `gan-prune prune` on the paper256-shaped built-in generator (400 samples by default): wall time and peak
    resident memory of the pruning process (run as a child process, so the peak is its own);
-2. CPU latency of G(z, c) for the teacher and the students at the paper's channel ratios (batch 4, fp32,
-   const noise, no grad; median of repeated runs after a warm-up), next to the MAC ratio;
-3. where the time goes in the r = 0.8 student and the teacher: per synthesis block, and the top torch ops.
+2. CPU latency of the teacher and the students at the paper's channel ratios through each inference backend
+   (--backend; ms per image, 1 thread and all threads, batch 1 and 4, fp32, const noise, no grad; median of
+   repeated runs after a warm-up), next to the MAC ratio and the model file sizes;
+3. where the time goes in the r = 0.8 student and the teacher on the eager backend: per synthesis block, and
+   the top torch ops.
 
-Usage: python tools/bench_prune.py [--samples 400] [--repeats 9] [--skip-prune] [--no-write]
+'onnxruntime' exports the float32 reference path here with torch.onnx.export(dynamo=True) (batch dynamic) and
+runs it with ONNX Runtime's CPU provider; the other backends come from gan_prune.runtime.backends.
+
+Usage: python tools/bench_prune.py [--backend eager,compile,onnxruntime,cpu-kernels] [--ratios 0.5,0.8]
+       [--samples 400] [--repeats 5] [--skip-prune] [--no-write]
 """
 from __future__ import annotations
 
@@ -20,8 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
-
 import torch
 
 from gan_prune.core import bench
@@ -29,7 +33,7 @@ from gan_prune.core import bench
 BENCH_MD = bench.repo_file(__file__, 'docs', 'benchmarks.md')
 
 PAPER_RATIOS = (0.5, 0.7, 0.8, 0.9, 0.95)
-BATCH = 4
+BATCH = 4  # the larger of the two batch sizes timed (and the batch of the eager profile)
 ROUNDS = 3  # latency calls are spread over this many rounds that each visit every network
 
 
@@ -52,117 +56,132 @@ def run_prune(samples: int, batch: int) -> dict:
                 report=proc.stdout.strip())
 
 
-def students(G) -> dict:
-    """{ratio: student} cut from G at each paper ratio (which channels are kept does not change the speed)."""
+def students(G, ratios=PAPER_RATIOS) -> dict:
+    """{ratio: student} cut from G at each ratio (which channels are kept does not change the speed)."""
     from gan_prune.prune.solver import ratio_channels
     from gan_prune.prune.surgery import feature_maps, slice_generator
     out = {}
-    for ratio in PAPER_RATIOS:
+    for ratio in ratios:
         channels = ratio_channels(feature_maps(G), ratio)
         out[ratio] = slice_generator(G, {k: torch.arange(v) for k, v in channels.items()})
     return out
 
 
-@torch.no_grad()
-def latency(G, repeats: int) -> tuple[float, float]:
-    """(median wall seconds, median process CPU seconds) of one G(z, c) call at batch 4, fp32, after a warm-up.
+class OnnxRuntimeRunner:
+    """The float32 reference path of G exported with the dynamo exporter (batch dynamic), run by ONNX Runtime.
 
-    With one thread the CPU time is what the call costs no matter how busy the (shared) machine is.
+    Called like a backend; the session's intra-op threads follow torch.get_num_threads() at call time.
     """
-    wall, cpu = timed_calls(G, repeats)
-    return statistics.median(wall), statistics.median(cpu)
+
+    def __init__(self, G: torch.nn.Module, path: str) -> None:
+        import onnxruntime  # noqa: F401  (fail early when it is not installed)
+
+        class Reference(torch.nn.Module):
+            def __init__(self, G):
+                super().__init__()
+                self.G = G
+
+            def forward(self, z):
+                return self.G(z, None, noise_mode='const', force_fp32=True, fused_modconv=False)
+
+        if G.c_dim:
+            raise SystemExit('the onnxruntime runner of this benchmark takes unconditional generators only')
+        self.path, self.sessions = path, {}
+        z = torch.randn([4, G.z_dim])
+        batch = torch.export.Dim('batch', min=1, max=64)
+        torch.onnx.export(Reference(G.eval()).eval(), (z,), path, dynamo=True, input_names=['z'], output_names=['img'],
+                          dynamic_shapes={'z': {0: batch}}, external_data=False, verbose=False)
+        with torch.no_grad():
+            expected = Reference(G)(z)
+        self.max_error = float((self(z, None) - expected).abs().max())  # reported with the timings
+
+    def __call__(self, z: torch.Tensor, c=None, noise_mode: str = 'const') -> torch.Tensor:
+        import onnxruntime
+        threads = torch.get_num_threads()
+        if threads not in self.sessions:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            self.sessions[threads] = onnxruntime.InferenceSession(self.path, options,
+                                                                  providers=['CPUExecutionProvider'])
+        return torch.from_numpy(self.sessions[threads].run(None, {'z': z.numpy()})[0])
+
+
+def build_runner(backend: str, G: torch.nn.Module, tmp: str, name: str):
+    """A callable run(z, c, noise_mode='const') -> img for `backend`, and a note (accuracy, fallback) or ''."""
+    if backend == 'onnxruntime':
+        runner = OnnxRuntimeRunner(G, os.path.join(tmp, f'{name}.onnx'))
+        return runner, f'max |ONNX Runtime - eager| {runner.max_error:.1e}'
+    from gan_prune.runtime.backends import BACKENDS
+    return BACKENDS.build(backend, G, device='cpu'), ''
 
 
 @torch.no_grad()
-def timed_calls(G, repeats: int) -> tuple[list, list]:
-    """(wall seconds, process CPU seconds) of `repeats` G(z, c) calls at batch 4, fp32, after one warm-up call."""
-    from gan_prune.metrics.latency import generator_latency
-    runs = generator_latency(G, batch=BATCH, repeats=repeats, warmup=1)
+def timed_calls(run, z_dim: int, repeats: int, batch: int) -> tuple[list, list]:
+    """(wall seconds, process CPU seconds) of `repeats` run(z, c) calls on `batch` images, after one warm-up."""
+    from gan_prune.metrics.latency import time_calls
+    runs = time_calls(run, z_dim, 0, batch=batch, repeats=repeats, warmup=1)
     return [t / 1000 for t in runs['wall_ms']], [t / 1000 for t in runs['cpu_ms']]
 
 
-def latencies(teacher, nets: dict, repeats: int, threads: int, rounds: int = ROUNDS) -> dict:
-    """{'teacher' or ratio: (median wall, median cpu)} measured with `threads` intra-op threads.
+def latencies(runners: dict, z_dim: int, repeats: int, threads: int, batch: int, rounds: int = ROUNDS) -> dict:
+    """{'teacher' or ratio: (median wall, median cpu) seconds per image} with `threads` intra-op threads.
 
     The calls are spread over `rounds` rounds that each visit every network, so that a slow spell of the
     (shared) machine lands on teacher and students alike instead of on whichever was measured during it.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    networks = {'teacher': teacher, **nets}
-    counts = {key: max(3, repeats // 2) if key == 'teacher' else repeats for key in networks}
-    samples = {key: ([], []) for key in networks}
+    counts = {key: max(3, repeats // 2) if key == 'teacher' else repeats for key in runners}
+    samples = {key: ([], []) for key in runners}
     try:
         for r in range(rounds):
-            for key, G in networks.items():
+            for key, run in runners.items():
                 share = counts[key] // rounds + (1 if r < counts[key] % rounds else 0)
                 if share:
-                    wall, cpu = timed_calls(G, share)
+                    wall, cpu = timed_calls(run, z_dim, share, batch)
                     samples[key][0].extend(wall)
                     samples[key][1].extend(cpu)
     finally:
         torch.set_num_threads(previous)
-    out = {key: (statistics.median(wall), statistics.median(cpu)) for key, (wall, cpu) in samples.items()}
-    for ratio in nets:
-        print(f'{threads} thread(s), ratio {ratio}: wall {out[ratio][0] * 1e3:.1f} ms, cpu '
-              f'{out[ratio][1] * 1e3:.1f} ms, speed-up {out["teacher"][0] / out[ratio][0]:.1f}x wall, '
-              f'{out["teacher"][1] / out[ratio][1]:.1f}x cpu', flush=True)
-    return out
+    return {key: (statistics.median(wall) / batch, statistics.median(cpu) / batch)
+            for key, (wall, cpu) in samples.items()}
 
 
-def latencies_without_kernels(teacher, student, repeats: int) -> Optional[tuple[float, float]]:
-    """(teacher, student) 1-thread CPU seconds with the compiled narrow-layer kernels switched off."""
-    from torch_utils.ops import narrow_conv
-    if narrow_conv.kernels() is None:
-        return None
-    with narrow_conv.enabled(False):
-        return latency(teacher, max(3, repeats // 2))[1], latency(student, repeats)[1]
+def weight_mib(G: torch.nn.Module) -> float:
+    """float32 bytes of the parameters and buffers, in MiB (what a pickle or an ONNX file mostly holds)."""
+    tensors = list(G.parameters()) + list(G.buffers())
+    return sum(t.numel() for t in tensors) * 4 / 2 ** 20
 
 
 @torch.no_grad()
 def block_times(G, repeats: int = 3) -> dict:
-    """Median process CPU seconds spent in each synthesis block (and the mapping network) per call.
-
-    Timed by wrapping the blocks' forward methods and the direct block path of training.networks, not with
-    forward hooks: a hook makes a block run as a module (see synthesis_blocks_forward), so hooks would time
-    a different path than the one G takes.
-    """
-    from training import networks
+    """Median process CPU seconds spent in each synthesis block (and the mapping network) per eager call."""
     totals = {}
     blocks = {getattr(G.synthesis, f'b{r}'): f'b{r}' for r in G.synthesis.block_resolutions}
 
-    def timed(fn, name_of):
+    def timed(fn, name):
         def wrapper(*args, **kwargs):
             start = time.process_time()
             result = fn(*args, **kwargs)
-            totals.setdefault(name_of(*args), []).append(time.process_time() - start)
+            totals.setdefault(name, []).append(time.process_time() - start)
             return result
         return wrapper
 
-    originals = [(G.mapping, 'forward', G.mapping.__dict__.get('forward'))]
-    G.mapping.forward = timed(G.mapping.forward, lambda *a: 'mapping')
-    for block, name in blocks.items():
-        originals.append((block, 'forward', block.__dict__.get('forward')))
-        block.forward = timed(block.forward, lambda *a, _name=name: _name)
-    direct = getattr(networks, '_narrow_block_forward', None)
-    if direct is not None:
-        networks._narrow_block_forward = timed(direct, lambda block, *a: blocks[block])
+    modules = {G.mapping: 'mapping', **blocks}
+    for module, name in modules.items():
+        module.forward = timed(module.forward, name)
     try:
-        latency(G, repeats)
+        from gan_prune.metrics.latency import generator_latency
+        generator_latency(G, batch=BATCH, repeats=repeats, warmup=1)
     finally:
-        for module, attr, value in originals:
-            if value is None:
-                module.__dict__.pop(attr, None)
-            else:
-                setattr(module, attr, value)
-        if direct is not None:
-            networks._narrow_block_forward = direct
+        for module in modules:
+            module.__dict__.pop('forward', None)
     return {name: statistics.median(v[1:]) for name, v in totals.items()}  # drop the warm-up call
 
 
 @torch.no_grad()
 def top_ops(G, limit: int = 8) -> list[tuple[str, float]]:
-    """Torch ops by self CPU time (fraction of the total) for one call."""
+    """Torch ops by self CPU time (fraction of the total) for one eager call."""
     from torch.profiler import ProfilerActivity, profile
     z = torch.randn([BATCH, G.z_dim])
     c = torch.zeros([BATCH, G.c_dim])
@@ -193,46 +212,118 @@ def earlier_prune_section() -> list[str]:
 load_average = bench.load_average
 
 
+def decision_lines(results: dict) -> list:
+    """cpu-kernels against the best standard backend at r = 0.8, per setting (1 thread: CPU time)."""
+    lines = []
+    if 'cpu-kernels' not in results or len(results) < 2:
+        return lines
+    for setting, kernels in results['cpu-kernels'].items():
+        if 0.8 not in kernels:
+            continue
+        column = 1 if setting[0] == 1 else 0
+        standard = {b: r[setting][0.8][column] for b, r in results.items() if b != 'cpu-kernels'}
+        best = min(standard, key=standard.get)
+        lines.append(f'- r = 0.8, {setting[0]} thread(s), batch {setting[1]}: cpu-kernels '
+                     f'{standard[best] / kernels[0.8][column]:.2f}x faster than the best standard backend here '
+                     f'({best}); teacher / student on cpu-kernels '
+                     f'{kernels["teacher"][column] / kernels[0.8][column]:.1f}x.')
+    return [''] + lines if lines else lines
+
+
+def backend_section(teacher, nets: dict, backends: list, repeats: int, thread_counts: list) -> tuple[list, dict]:
+    """The backend table (markdown lines) and {backend: {(threads, batch): {key: (wall, cpu)}}}."""
+    z_dim = int(teacher.z_dim)
+    results, notes, onnx_mib = {}, [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            runners = {}
+            for key, G in {'teacher': teacher, **nets}.items():
+                runners[key], note = build_runner(backend, G, tmp, str(key))
+                if note:
+                    notes.append(f'{backend}, {key}: {note}')
+                if backend == 'onnxruntime':
+                    onnx_mib[key] = os.path.getsize(os.path.join(tmp, f'{key}.onnx')) / 2 ** 20
+            results[backend] = {}
+            for threads in thread_counts:
+                for batch in (1, BATCH):
+                    out = latencies(runners, z_dim, repeats, threads, batch)
+                    results[backend][(threads, batch)] = out
+                    print(f'{backend}, {threads} thread(s), batch {batch}: ' + ', '.join(
+                        f'{k} {v[0] * 1e3:.1f}' for k, v in out.items()) + ' ms/image (wall)', flush=True)
+            for key, run in runners.items():
+                if getattr(run, 'fallback_reason', None):
+                    notes.append(f'{backend}, {key}: {run.fallback_reason}')
+    keys = ['teacher', *nets]
+    md = ['| backend | threads | batch | ' + ' | '.join(f'r = {k}' if k != 'teacher' else 'teacher' for k in keys)
+          + ' | speed-up r = 0.8 |', '|---|---|---|' + '---|' * (len(keys) + 1)]
+    for backend, by_setting in results.items():
+        for (threads, batch), out in by_setting.items():
+            column = 1 if threads == 1 else 0  # 1 thread: CPU time (steady under load); all threads: wall time
+            cells = [f'{out[k][column] * 1e3:.1f}' for k in keys]
+            up = f'{out["teacher"][column] / out[0.8][column]:.1f}x' if 0.8 in out else 'n/a'
+            md.append(f'| {backend} | {threads} | {batch} | ' + ' | '.join(cells) + f' | {up} |')
+    md += decision_lines(results)
+    md += ['', 'Model sizes (float32 weights and buffers; ONNX file where exported), MiB:', '',
+           '| | ' + ' | '.join(str(k) for k in keys) + ' |', '|---|' + '---|' * len(keys),
+           '| weights | ' + ' | '.join(f'{weight_mib(G):.1f}' for G in [teacher, *nets.values()]) + ' |']
+    if onnx_mib:
+        md.append('| ONNX file | ' + ' | '.join(f'{onnx_mib[k]:.1f}' for k in keys) + ' |')
+    if notes:
+        md += [''] + [f'- {note}' for note in notes]
+    return md, results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--samples', type=int, default=400, help='images scored by the timed prune run')
-    parser.add_argument('--batch', type=int, default=8, help='scoring batch of the timed prune run')
-    parser.add_argument('--repeats', type=int, default=9,
-                        help=f'timed calls per student, over {ROUNDS} interleaved rounds (median reported)')
-    parser.add_argument('--skip-prune', action='store_true', help='only measure latency')
+    parser.add_argument('--backend', default='eager,onnxruntime,cpu-kernels',
+                        help='comma-separated inference backends to time: eager, compile, onnxruntime, cpu-kernels '
+                             '(default: %(default)s; compile takes minutes per network and input shape)')
+    parser.add_argument('--ratios', default=','.join(map(str, PAPER_RATIOS)),
+                        help='comma-separated channel ratios r of the students to time (default: %(default)s)')
+    parser.add_argument('--threads', default='1,all',
+                        help='comma-separated intra-op thread counts to time, "all" = torch\'s default '
+                             '(default: %(default)s)')
+    parser.add_argument('--samples', type=int, default=400, help='images scored by the timed prune run (default 400)')
+    parser.add_argument('--batch', type=int, default=8, help='scoring batch of the timed prune run (default 8)')
+    parser.add_argument('--repeats', type=int, default=5,
+                        help=f'timed calls per student and setting, over {ROUNDS} interleaved rounds (median '
+                             f'reported; the teacher gets half, at least 3; default 5)')
+    parser.add_argument('--skip-prune', action='store_true', help='only measure latency (default: also prune)')
     bench.add_report_option(parser)
     args = parser.parse_args()
 
     from gan_prune.io.pickles import load_builtin
     from gan_prune.nets.cost import generator_cost
-    from torch_utils.ops import narrow_conv
+    from gan_prune.runtime.backends import BACKENDS
 
+    backends = [b.strip() for b in args.backend.split(',') if b.strip()]
+    for backend in backends:
+        if backend != 'onnxruntime':
+            BACKENDS.get(backend)  # one line for an unknown name, before anything runs
+    ratios = [float(r) for r in args.ratios.split(',') if r.strip()]
     load_before = load_average()
     prune_run = None if args.skip_prune else run_prune(args.samples, args.batch)
     load_after_prune = load_average()
-    teacher = load_builtin('paper256')['G_ema']
-    nets = students(teacher)
+    teacher = load_builtin('paper256')['G_ema'].eval().requires_grad_(False)
+    nets = {r: S.eval().requires_grad_(False) for r, S in students(teacher, ratios).items()}
     t_macs = generator_cost(teacher).total_macs
+    all_threads = torch.get_num_threads()
+    thread_counts = sorted({all_threads if t.strip() == 'all' else int(t) for t in args.threads.split(',')})
+    backend_md, _ = backend_section(teacher, nets, backends, args.repeats, thread_counts)
     threads = torch.get_num_threads()
-    multi = latencies(teacher, nets, args.repeats, threads)
-    single = latencies(teacher, nets, args.repeats, 1) if threads > 1 else multi
-    rows = []
-    for ratio, S in nets.items():
-        s_macs = generator_cost(S).total_macs
-        rows.append((ratio, [S.synthesis.channels[f'b{r}.out'] for r in S.synthesis.block_resolutions],
-                     1 - s_macs / t_macs, t_macs / s_macs, multi[ratio][0], multi['teacher'][0] / multi[ratio][0],
-                     single[ratio][1], single['teacher'][1] / single[ratio][1]))
     torch.set_num_threads(1)
-    pytorch_path = latencies_without_kernels(teacher, nets[0.8], args.repeats)
-    t_blocks, s_blocks = block_times(teacher), block_times(nets[0.8])
-    s_ops, t_ops = top_ops(nets[0.8]), top_ops(teacher)
+    t_blocks, s_blocks = (block_times(teacher), block_times(nets[0.8])) if 0.8 in nets else ({}, {})
+    s_ops, t_ops = (top_ops(nets[0.8]), top_ops(teacher)) if 0.8 in nets else ([], [])
     torch.set_num_threads(threads)
     load_after = load_average()
 
     md = [f'Measured {datetime.date.today().isoformat()} on: {bench.machine_line()}.',
           f'Load average (1, 5, 15 min) before / after: {load_before} / {load_after} (the machine is shared; '
           f'higher load inflates times).', '']
-    cmd = ('python tools/bench_prune.py' + (f' --samples {args.samples}' if args.samples != 400 else '')
+    cmd = ('python tools/bench_prune.py' + f' --backend {args.backend}' + f' --repeats {args.repeats}'
+           + (f' --threads {args.threads}' if args.threads != '1,all' else '')
+           + (f' --ratios {args.ratios}' if ratios != list(PAPER_RATIOS) else '')
+           + (f' --samples {args.samples}' if args.samples != 400 else '')
            + (' --skip-prune   (the pruning table below is kept from the last full run)' if args.skip_prune else ''))
     md.append(f'Command: `{cmd}`')
     md.append('')
@@ -248,37 +339,24 @@ def main() -> None:
                'On an idle 2-core machine the wall time approaches half the CPU time.', '']
     else:
         md += earlier_prune_section()
-    md += [f'### CPU latency, teacher vs student (G(z, c), batch {BATCH}, fp32, const noise, no grad; median of '
-           f'{args.repeats} runs, teacher {max(3, args.repeats // 2)}, over {ROUNDS} rounds that each visit every '
-           f'network)', '',
-           f'Wall time with {threads} threads, and process CPU time with 1 thread (what a call costs regardless of '
-           f'other load on this shared machine). Teacher: {multi["teacher"][0] * 1e3:.0f} ms wall, '
-           f'{single["teacher"][1] * 1e3:.0f} ms CPU (1 thread) per batch; {t_macs / 1e9:.2f} GMACs per image '
-           f'(conv + toRGB). Under load from other jobs the 2-thread wall times swing by 2-3x between runs (a '
-           f'thread that waits for a descheduled partner stalls every small op); the 1-thread CPU column repeats '
-           f'within a few percent and is the one to compare. Layers with at most {narrow_conv.MAX_CHANNELS} '
-           f'output channels run through the compiled narrow-layer kernels, in both networks (section "narrow").',
-           '',
-           '| ratio r | channels b4..b256 | rate | MAC ratio | student wall ms | speed-up (wall) | '
-           'student CPU ms, 1 thread | speed-up (CPU, 1 thread) |',
-           '|---|---|---|---|---|---|---|---|']
-    for ratio, chans, rate, mac_ratio, s_wall, wall_up, s_cpu, cpu_up in rows:
-        md.append(f'| {ratio} | {", ".join(map(str, chans))} | {rate:.2%} | {mac_ratio:.1f}x | '
-                  f'{s_wall * 1e3:.1f} | {wall_up:.1f}x | {s_cpu * 1e3:.1f} | {cpu_up:.1f}x |')
-    if pytorch_path is not None:
-        md += ['', f'Without the kernels (`TORCH_UTILS_CPU_KERNELS=0`, oneDNN throughout): teacher '
-               f'{pytorch_path[0] * 1e3:.0f} ms, r = 0.8 student {pytorch_path[1] * 1e3:.1f} ms CPU (1 thread), '
-               f'{pytorch_path[0] / pytorch_path[1]:.1f}x.']
-    md += ['', '### Where the time goes (r = 0.8 student vs teacher, 1 thread, CPU ms per call)', '',
-           '| part | teacher | student | ratio |', '|---|---|---|---|']
-    for name in list(t_blocks):
-        t, s = t_blocks[name], s_blocks.get(name, float('nan'))
-        md.append(f'| {name} | {t * 1e3:.1f} | {s * 1e3:.1f} | {t / s:.1f}x |')
-    md += ['', 'Top torch ops by self CPU time (share of all aten time in one call; the compiled kernels are not '
-           'torch ops and are not counted here):', '',
-           '| student r = 0.8 | share | teacher | share |', '|---|---|---|---|']
-    for (sk, sv), (tk, tv) in zip(s_ops, t_ops):
-        md.append(f'| {sk} | {sv:.0%} | {tk} | {tv:.0%} |')
+    md += ['### CPU latency by backend (ms per image; fp32, const noise, no grad)', '',
+           f'Median of {args.repeats} calls per student and setting ({max(3, args.repeats // 2)} for the teacher), '
+           f'over {ROUNDS} rounds that each visit every network. 1 thread: process CPU time (steady under load '
+           f'from other jobs); all threads: wall time, which swings by 2-3x on this shared machine. Channels per '
+           f'block and MAC ratios: ' + '; '.join(
+               f'r = {r}: {", ".join(str(S.synthesis.channels[f"b{res}.out"]) for res in S.synthesis.block_resolutions)}'
+               f' ({t_macs / generator_cost(S).total_macs:.1f}x fewer MACs)' for r, S in nets.items()) + '.', '']
+    md += backend_md
+    if t_blocks:
+        md += ['', '### Where the time goes on the eager backend (r = 0.8 student vs teacher, 1 thread, CPU ms '
+               'per call of batch 4)', '', '| part | teacher | student | ratio |', '|---|---|---|---|']
+        for name in list(t_blocks):
+            t, s = t_blocks[name], s_blocks.get(name, float('nan'))
+            md.append(f'| {name} | {t * 1e3:.1f} | {s * 1e3:.1f} | {t / s:.1f}x |')
+        md += ['', 'Top torch ops by self CPU time (share of all aten time in one eager call):', '',
+               '| student r = 0.8 | share | teacher | share |', '|---|---|---|---|']
+        for (sk, sv), (tk, tv) in zip(s_ops, t_ops):
+            md.append(f'| {sk} | {sv:.0%} | {tk} | {tv:.0%} |')
     text = '\n'.join(md)
     if args.no_write:
         print(text)

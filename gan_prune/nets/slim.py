@@ -14,6 +14,8 @@ Feature maps (keys of `channels`, plain ints so init_kwargs stay plain data):
 layers. A pruned network keeps the teacher's channel counts here, so its kept weights compute exactly what they
 computed in the teacher, and rebuilding from init_kwargs reproduces the same function.
 """
+import warnings
+
 import numpy as np
 import torch
 
@@ -32,15 +34,14 @@ def feature_map_names(img_resolution: int) -> list:
     return names
 
 
-def _cpu_inference(x: torch.Tensor, ws: torch.Tensor) -> bool:
-    """The conditions of the inference-only CPU paths of the layers (float32 on CPU, autograd recording nothing).
+def _warn_if_half_on_cpu(dtype: torch.dtype, device: torch.device) -> None:
+    """A float16 block on the CPU runs 20-100x slower than float32: say so (once per caller), with the remedy.
 
-    There the block passes on the channels_last layout those layers return (converting to NCHW and back would
-    cost two passes over the activations) and upsamples the skip image without a convolution.
+    Defined here, not imported: the networks module of other environments has no such helper.
     """
-    if x.device.type != 'cpu' or x.dtype != torch.float32:
-        return False
-    return not torch.is_grad_enabled() or not (x.requires_grad or ws.requires_grad)
+    if dtype == torch.float16 and device.type == 'cpu':
+        warnings.warn('float16 synthesis blocks on the CPU are 20-100x slower than float32; call the generator '
+                      'with force_fp32=True there', stacklevel=2)
 
 
 @persistence.persistent_class
@@ -98,60 +99,34 @@ class SlimSynthesisBlock(torch.nn.Module):
         w_iter = iter(ws.unbind(dim=1))
         dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
         memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
+        _warn_if_half_on_cpu(dtype, ws.device)
         if fused_modconv is None:
             with misc.suppress_tracer_warnings():
                 fused_modconv = (not self.training) and (dtype == torch.float32 or int(ws.shape[0]) == 1)
 
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.const.to(dtype=dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = x.contiguous(memory_format=memory_format)
+            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
         else:
             misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
-            if not (x.dtype == dtype and _cpu_inference(x, ws)):
-                x = x.to(dtype=dtype, memory_format=memory_format)
+            x = x.to(dtype=dtype, memory_format=memory_format)
+            if self.architecture == 'resnet':
+                y = self.skip(x, gain=np.sqrt(0.5))
+                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+                x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=np.sqrt(0.5), **layer_kwargs)
+                x = y.add_(x)
+            else:
+                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+                x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
 
         if img is not None:
             misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
-        if self.in_channels != 0 and self.architecture == 'resnet':
-            y = self.skip(x, gain=np.sqrt(0.5))
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=np.sqrt(0.5), **layer_kwargs)
-            x = y.add_(x)
-            w_rgb = next(w_iter) if self.is_last else None
-        else:
-            if self.in_channels != 0:
-                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-            w1 = next(w_iter)
-            w_rgb = next(w_iter) if self.is_last or self.architecture == 'skip' else None
-            # conv1, toRGB and the skip image in one pass where the layer offers it (our SynthesisLayer in CPU
-            # float32 inference); looked up at call time: other environments' layers lack it.
-            with_rgb = getattr(self.conv1, 'forward_with_rgb', None) if w_rgb is not None else None
-            fused = None
-            if with_rgb is not None:
-                fused = with_rgb(x, w1, self.torgb, w_rgb, img, self.resample_filter, **layer_kwargs)
-            if fused is not None:
-                return fused
-            x = self.conv1(x, w1, fused_modconv=fused_modconv, **layer_kwargs)
-
-        # Upsampling, toRGB and their sum in one pass where the layer offers it, likewise.
-        combined = None
-        with_skip = getattr(self.torgb, 'forward_with_skip', None) if w_rgb is not None else None
-        if with_skip is not None:
-            combined = with_skip(x, w_rgb, img, self.resample_filter)
-        if combined is not None:
-            img = combined
-        else:
-            if img is not None:
-                # upsample2d_separable is looked up at call time as well.
-                separable = getattr(upfirdn2d, 'upsample2d_separable', None)
-                if separable is not None and _cpu_inference(img, ws):
-                    img = separable(img, self.resample_filter)
-                else:
-                    img = upfirdn2d.upsample2d(img, self.resample_filter)
-            if w_rgb is not None:
-                y = self.torgb(x, w_rgb, fused_modconv=fused_modconv)
-                y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-                img = img.add_(y) if img is not None else y
+            img = upfirdn2d.upsample2d(img, self.resample_filter)
+        if self.is_last or self.architecture == 'skip':
+            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
+            y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            img = img.add_(y) if img is not None else y
 
         assert x.dtype == dtype
         assert img is None or img.dtype == torch.float32
@@ -204,16 +179,9 @@ class SlimSynthesisNetwork(torch.nn.Module):
                 block_ws.append(ws.narrow(1, w_idx, block.num_conv + block.num_torgb))
                 w_idx += block.num_conv
 
-        from training import networks
-        blocks = [getattr(self, f'b{res}') for res in self.block_resolutions]
-        # The environment's block runner where its networks module has one (ours: CPU inference fast paths);
-        # looked up at call time like the other optional fast paths.
-        run_blocks = getattr(networks, 'synthesis_blocks_forward', None)
-        if run_blocks is not None:
-            return run_blocks(blocks, block_ws, **block_kwargs)[1]
         x = img = None
-        for block, cur_ws in zip(blocks, block_ws):
-            x, img = block(x, img, cur_ws, **block_kwargs)
+        for res, cur_ws in zip(self.block_resolutions, block_ws):
+            x, img = getattr(self, f'b{res}')(x, img, cur_ws, **block_kwargs)
         return img
 
 

@@ -1,10 +1,9 @@
-"""The compiled narrow-layer kernels agree with the PyTorch paths, are used where they apply, and fall back."""
+"""The compiled narrow-layer kernels agree with the PyTorch definitions and decline what they cannot do."""
 import os
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,13 @@ def close(a, b, scale=None):
     """float32 agreement: max|a - b| <= 2e-5 * max(1, max|b|)."""
     scale = max(1.0, float(b.abs().max())) if scale is None else scale
     return float((a - b).abs().max()) <= 2e-5 * scale
+
+
+def _kernel_args(layer):
+    """A FullyConnectedLayer's (weight, bias, weight_gain, bias_gain, activation, act_gain) for the linear kernels."""
+    from torch_utils.ops import bias_act
+    return (layer.weight, layer.bias, layer.weight_gain, layer.bias_gain, layer.activation,
+            bias_act.activation_funcs[layer.activation].def_gain)
 
 
 def modulation(batch, in_ch, out_ch, g):
@@ -148,104 +154,6 @@ def test_applies_only_to_float32_cpu_3x3_layers_up_to_the_channel_limit():
     assert not narrow_conv.applies(torch.randn([1, 8, 6, 6]), torch.randn([4, 8, 3, 3]), 1, None)
 
 
-def _layer(in_ch, out_ch, resolution, up, seed=0):
-    torch.manual_seed(seed)
-    layer = networks.SynthesisLayer(in_ch, out_ch, w_dim=16, resolution=resolution, up=up, conv_clamp=0.4).eval()
-    layer.noise_strength.data.fill_(0.3)
-    layer.bias.data.normal_()
-    return layer
-
-
-def _without_kernels(monkeypatch):
-    monkeypatch.setattr(networks, '_narrow_module', [None])
-
-
-@needs_kernels
-@pytest.mark.parametrize('up', [1, 2])
-@pytest.mark.parametrize('noise_mode', ['const', 'random', 'none'])
-def test_synthesis_layer_renders_the_same_with_and_without_kernels(up, noise_mode, monkeypatch):
-    resolution = 2 * narrow_conv.vector_width() * up
-    layer = _layer(12, 10, resolution, up)
-    x = torch.randn([3, 12, resolution // up, resolution // up])
-    w = torch.randn([3, 16])
-    calls = []
-    original = narrow_conv.modulated_lrelu
-    monkeypatch.setattr(narrow_conv, 'modulated_lrelu', lambda *a, **k: calls.append(1) or original(*a, **k))
-    with torch.no_grad():
-        torch.manual_seed(5)
-        fast = layer(x, w, noise_mode=noise_mode, gain=np.sqrt(0.5))
-        assert calls, 'the kernel path was not taken'
-        _without_kernels(monkeypatch)
-        torch.manual_seed(5)  # the same noise draws on both paths
-        slow = layer(x, w, noise_mode=noise_mode, gain=np.sqrt(0.5))
-    assert close(fast, slow)
-    assert float(slow.abs().max()) == pytest.approx(0.4 * np.sqrt(0.5))  # conv_clamp * gain reached
-
-
-@needs_kernels
-def test_layers_that_need_gradients_or_are_wide_do_not_use_kernels(monkeypatch):
-    calls = []
-    monkeypatch.setattr(narrow_conv, 'modulated_lrelu', lambda *a, **k: calls.append(1))
-    size = narrow_conv.vector_width()
-    layer = _layer(4, 4, size, 1)
-    out = layer(torch.randn([2, 4, size, size]), torch.randn([2, 16]))  # parameters require grad
-    out.sum().backward()
-    assert layer.weight.grad is not None
-    wide = _layer(4, narrow_conv.MAX_CHANNELS + 1, size, 1)
-    with torch.no_grad():
-        wide(torch.randn([1, 4, size, size]), torch.randn([1, 16]))
-    assert calls == []
-
-
-@needs_kernels
-def test_enabled_switch_turns_the_kernels_off_within_its_block(monkeypatch):
-    calls = []
-    original = narrow_conv.modulated_lrelu
-    monkeypatch.setattr(narrow_conv, 'modulated_lrelu', lambda *a, **k: calls.append(1) or original(*a, **k))
-    size = narrow_conv.vector_width()
-    layer = _layer(4, 4, size, 1)
-    x, w = torch.randn([1, 4, size, size]), torch.randn([1, 16])
-    with torch.no_grad():
-        with pytest.raises(RuntimeError):
-            with narrow_conv.enabled(False):
-                layer(x, w)
-                assert calls == []
-                raise RuntimeError('leaving the block early')
-        layer(x, w)
-    assert calls == [1]  # on again after the block, even though it raised
-
-
-@needs_kernels
-def test_generator_images_agree_with_and_without_kernels(monkeypatch):
-    torch.manual_seed(0)
-    G = networks.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=64, img_channels=3,
-                           mapping_kwargs=dict(num_layers=2),
-                           synthesis_kwargs=dict(channel_base=512, channel_max=32, conv_clamp=256)).eval()
-    for name, buf in G.named_buffers():
-        if name.endswith('noise_const'):
-            buf.normal_()
-    for p in G.parameters():
-        p.requires_grad_(False)
-    z = torch.randn([3, 16])
-    calls = {name: 0 for name in ('modulated_lrelu', 'modulated_lrelu_rgb', 'rgb_skip', 'small_batch_linear')}
-    for name in calls:
-        original = getattr(narrow_conv, name)
-        monkeypatch.setattr(narrow_conv, name, lambda *a, _f=original, _n=name, **k: calls.__setitem__(
-            _n, calls[_n] + 1) or _f(*a, **k))
-    batched = []  # layers per call of small_batch_linears
-    original = narrow_conv.small_batch_linears
-    monkeypatch.setattr(narrow_conv, 'small_batch_linears',
-                        lambda xs, layers, **k: batched.append(len(layers)) or original(xs, layers, **k))
-    fast = G(z, None, noise_mode='const')
-    # All 9 conv layers (each block's last one together with the block's output image), 2 mapping layers and
-    # 14 affines took the kernels: the mapping layers in one call, the affines in another.
-    assert calls == {'modulated_lrelu': 4, 'modulated_lrelu_rgb': 5, 'rgb_skip': 0, 'small_batch_linear': 0}
-    assert batched == [2, 14]
-    _without_kernels(monkeypatch)
-    slow = G(z, None, noise_mode='const')
-    assert close(fast, slow)
-
-
 @needs_kernels
 @pytest.mark.parametrize('batch, channels, size, image_channels', [
     (4, 13, 32, 3), (2, 40, 16, 3), (1, 7, 4, 3), (3, 5, 8, 1), (2, 9, 6, 4), (2, 3, 10, 2)])
@@ -275,14 +183,10 @@ def test_block_output_kernel_declines_what_it_cannot_do():
     weight, styles, bias = torch.randn([3, 4, 1, 1]), torch.randn([1, 4]), torch.zeros([3])
     not_separable = torch.eye(4) + 0.1
     assert narrow_conv.rgb_skip(x, weight, styles, 1.0, bias, None, img, not_separable) is None
-    layer = networks.ToRGBLayer(4, 3, w_dim=16).eval().requires_grad_(False)
-    assert layer.forward_with_skip(x, torch.randn([1, 16]), img, not_separable) is None  # the block then upsamples
     f = upfirdn2d.setup_filter([1, 3, 3, 1])
     assert not narrow_conv.rgb_applies(x, torch.randn([5, 4, 1, 1]), None, f)  # more than 4 image channels
     assert not narrow_conv.rgb_applies(x, weight, torch.randn([1, 3, 8, 8]), f)  # image of the wrong size
     assert not narrow_conv.rgb_applies(x.double(), weight, None, f)
-    trainable = networks.ToRGBLayer(4, 3, w_dim=16)
-    assert trainable.forward_with_skip(x, torch.randn([1, 16]), img, f) is None  # gradients: the usual steps
 
 
 @needs_kernels
@@ -295,9 +199,8 @@ def test_small_batch_linear_matches_the_matmul(activation, rows, in_features, ou
     layer.bias.data.normal_()
     x = torch.randn([rows, in_features])
     assert narrow_conv.linear_applies(x, layer.weight, activation)
-    got = layer(x)
-    with narrow_conv.enabled(False):
-        want = layer(x)
+    got = narrow_conv.small_batch_linear(x, *_kernel_args(layer))
+    want = layer(x)
     assert got.shape == want.shape and close(got, want)
     assert not narrow_conv.linear_applies(torch.randn([17, in_features]), layer.weight, activation)
     assert not narrow_conv.linear_applies(x, layer.weight, 'tanh')
@@ -313,37 +216,14 @@ def test_several_linear_layers_in_one_call_match_the_layers(chain):
     layers[1].bias = None
     ws = torch.randn([3, 4, 24])
     xs = [ws[:, 0]] if chain else [ws[:, 1], ws[:, 2], ws[:, 3]]  # strided views, as the affines get them
-    got = narrow_conv.small_batch_linears(xs, [layer._kernel_args() for layer in layers], chain=chain)
+    got = narrow_conv.small_batch_linears(xs, [_kernel_args(layer) for layer in layers], chain=chain)
     want, x = [], xs[0]
     for i, layer in enumerate(layers):
         x = layer(x if chain else xs[i])
         want.append(x)
-    assert len(got) == 3 and all(g.shape == w.shape and torch.equal(g, w) for g, w in zip(got, want))
+    assert len(got) == 3 and all(g.shape == w.shape and close(g, w) for g, w in zip(got, want))
     with pytest.raises(RuntimeError, match='one weight'):
-        narrow_conv.small_batch_linears(xs[:1] * 2, [layer._kernel_args() for layer in layers], chain=True)
-
-
-def test_precomputed_styles_answer_only_the_w_they_came_from():
-    torch.manual_seed(1)
-    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
-                           mapping_kwargs=dict(num_layers=1),
-                           synthesis_kwargs=dict(channel_base=64, channel_max=8)).eval().requires_grad_(False)
-    synthesis = G.synthesis
-    ws = torch.randn([2, synthesis.num_ws, 8])
-    blocks = [synthesis.b4, synthesis.b8, synthesis.b16]
-    block_ws = [ws.narrow(1, 0, 2), ws.narrow(1, 1, 3), ws.narrow(1, 3, 3)]
-    affine = synthesis.b8.conv1.affine
-    w = block_ws[1].unbind(dim=1)[1]  # the view SynthesisBlock hands to b8.conv1
-    with networks.precomputed_styles(blocks, block_ws):
-        first = affine(w)
-        assert affine(w) is first  # answered from the table
-        other = torch.randn([2, 8])
-        assert torch.equal(affine(other), affine._forward_inference(other))  # another w: computed
-        ws.add_(1)  # an in-place change: the table no longer applies
-        assert affine(w) is not first and torch.equal(affine(w), affine._forward_inference(w))
-    assert '_precomputed' not in affine.__dict__  # cleared on leaving
-    with torch.no_grad():
-        assert torch.equal(synthesis(ws, noise_mode='const'), synthesis(ws.clone(), noise_mode='const'))
+        narrow_conv.small_batch_linears(xs[:1] * 2, [_kernel_args(layer) for layer in layers], chain=True)
 
 
 @needs_kernels
@@ -375,24 +255,10 @@ def test_built_library_is_found_without_rebuilding():
     assert not custom_ops.is_built('narrow_conv_plugin', sources, extra_cflags=['-O0'])
 
 
-def test_networks_work_without_the_kernels_module(monkeypatch):
-    """The original torch_utils has no narrow_conv: the layers then keep the PyTorch paths."""
-    def missing(name, *args, **kwargs):
-        raise ImportError(name)
-    monkeypatch.setattr(networks, '_narrow_module', [])
-    monkeypatch.setattr(networks.importlib, 'import_module', missing)
-    assert networks._narrow_kernels() is None
-    layer = _layer(4, 4, 16, 2)
-    with torch.no_grad():
-        assert layer(torch.randn([1, 4, 8, 8]), torch.randn([1, 16]), noise_mode='const').shape == (1, 4, 16, 16)
-
-
 def test_environment_switch_disables_the_kernels():
     script = textwrap.dedent('''
         from torch_utils.ops import narrow_conv
-        from training import networks
         assert narrow_conv.kernels() is None
-        assert networks._narrow_kernels() is None
         assert 'unavailable' in narrow_conv.describe('cpu')
         print('ok')
     ''')

@@ -163,7 +163,7 @@ def test_numpy_scalar_attributes_from_old_pickles_still_work():
 
 def test_module_source_imports_only_what_the_original_environment_provides():
     tree = ast.parse(inspect.getsource(inspect.getmodule(networks.Generator.__mro__[1])))
-    allowed_modules = {'numpy', 'torch', 'dnnlib', 'importlib', 'contextlib'}  # importlib: guarded optional extras
+    allowed_modules = {'numpy', 'torch', 'dnnlib', 'warnings'}
     allowed_from = {'torch_utils': {'misc', 'persistence'},
                     'torch_utils.ops': {'conv2d_resample', 'upfirdn2d', 'bias_act', 'fma'}}
     for node in ast.walk(tree):
@@ -289,7 +289,7 @@ def test_conditional_mapping_and_discriminator():
 
 
 @pytest.mark.parametrize('kernel', [3, 1])
-def test_fused_grouped_path_agrees_with_cpu_path(kernel, monkeypatch):
+def test_fused_grouped_path_agrees_with_nonfused_path(kernel):
     torch.manual_seed(7)
     x = torch.randn(3, 6, 8, 8, dtype=torch.float64)
     weight = torch.randn(5, 6, kernel, kernel, dtype=torch.float64)
@@ -299,14 +299,10 @@ def test_fused_grouped_path_agrees_with_cpu_path(kernel, monkeypatch):
     f = torch.tensor([1., 3., 3., 1.])
     f = (f[:, None] * f[None, :]) / 64
     results = []
-    for generic in (True, False):
-        if generic:  # the grouped convolution that other devices use
-            monkeypatch.setattr(networks, '_cpu_fast_path', lambda x: False)
-        else:
-            monkeypatch.undo()
+    for fused in (True, False):  # one grouped convolution with per-sample weights, or modulated activations
         inputs = [t.clone().requires_grad_(True) for t in (x, weight, styles)]
         out = networks.modulated_conv2d(*inputs, noise=noise, up=up, padding=kernel // 2, resample_filter=f,
-                                        flip_weight=(up == 1), fused_modconv=True)
+                                        flip_weight=(up == 1), fused_modconv=fused)
         grads = torch.autograd.grad(out.square().sum(), inputs)
         results.append((out, grads))
     (out_f, grads_f), (out_n, grads_n) = results
@@ -426,8 +422,8 @@ def _params_to_float64(module: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize('layer_kind', ['synthesis', 'synthesis_up', 'conv_down', 'conv_same', 'skip_down', 'skip_up'])
-def test_cpu_layer_epilogues_match_generic_path_with_clamp(layer_kind, monkeypatch):
-    """The CPU epilogue (gains folded, in-place clamp + leaky ReLU) equals bias_act's result and gradient."""
+def test_layer_epilogues_clamp_both_sides_and_backpropagate(layer_kind):
+    """Gain, clamp and activation of the layers: the clamp reaches both sides, gradients reach every operand."""
     torch.manual_seed(12)
     if layer_kind.startswith('synthesis'):
         up = 2 if layer_kind == 'synthesis_up' else 1
@@ -447,22 +443,14 @@ def test_cpu_layer_epilogues_match_generic_path_with_clamp(layer_kind, monkeypat
         layer = _params_to_float64(networks.Conv2dLayer(4, 5, 1, bias=False, up=up, down=down))
         inputs = [torch.randn(3, 4, 8, 8, dtype=torch.float64)]
         call = lambda x: layer(x, gain=np.sqrt(0.5))  # noqa: E731
-    results = []
-    for generic in (False, True):
-        if generic:
-            monkeypatch.setattr(networks, '_cpu_fast_path', lambda x: False)
-        leaves = [t.clone().requires_grad_(True) for t in inputs]
-        out = call(*leaves)
-        r = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        params = [p for p in (layer.weight, layer.bias) if p is not None]
-        grads = torch.autograd.grad((out * r).sum(), leaves + params)
-        results.append((out, grads))
-    (out_fast, grads_fast), (out_generic, grads_generic) = results
-    out_generic = out_generic.detach()
+    leaves = [t.clone().requires_grad_(True) for t in inputs]
+    out = call(*leaves)
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    params = [p for p in (layer.weight, layer.bias) if p is not None]
+    grads = torch.autograd.grad((out * r).sum(), leaves + params)
+    assert all(float(g.abs().sum()) > 0 for g in grads)
+    out_generic = out.detach()
     if not layer_kind.startswith('skip'):
         limit = 0.3 * np.sqrt(0.5)  # conv_clamp * gain
         assert float(out_generic.abs().max()) == pytest.approx(limit)  # the clamp is active
         assert (out_generic.abs() < limit).any() and (out_generic == -limit).any()  # both clamp sides reached
-    assert torch.allclose(out_fast, out_generic, rtol=0, atol=1e-12)
-    for a, b in zip(grads_fast, grads_generic):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -71,14 +71,6 @@ def golden(request, golden_dir) -> Golden:
     return get_golden(golden_dir, request.param)
 
 
-@pytest.fixture(params=['cpu_path', 'generic_path'])
-def code_path(request, monkeypatch):
-    """Run with the CPU-specific code paths of training.networks, or with the device-independent ones."""
-    if request.param == 'generic_path':
-        monkeypatch.setattr(networks, '_cpu_fast_path', lambda x: False)
-    return request.param
-
-
 def test_state_dict_keys_kinds_and_order(golden):
     for prefix, net in (('G', golden.G), ('D', golden.D)):
         # parameters() order matters: EMA updates and optimizers zip parameters of two nets.
@@ -117,7 +109,7 @@ def test_mapping(golden):
                         G.mapping(golden.z, golden.c, truncation_psi=0.7, truncation_cutoff=3))
 
 
-def test_synthesis_noise_modes_and_paths(golden, code_path):
+def test_synthesis_noise_modes_and_paths(golden):
     G = golden.G
     ws = golden.tensor('out.G.mapping.ws_psi1')
     golden.assert_close('out.G.synthesis.img_const', G.synthesis(ws, noise_mode='const', force_fp32=True))
@@ -127,12 +119,12 @@ def test_synthesis_noise_modes_and_paths(golden, code_path):
                             G.synthesis(ws, noise_mode='const', force_fp32=True, fused_modconv=False))
 
 
-def test_generator_truncated(golden, code_path):
+def test_generator_truncated(golden):
     img = golden.G(golden.z, golden.c, truncation_psi=0.5, noise_mode='const', force_fp32=True)
     golden.assert_close('out.G.img_psi0.5_const', img)
 
 
-def test_discriminator_logits(golden, code_path):
+def test_discriminator_logits(golden):
     D = golden.D
     golden.assert_close('out.D.logits', D(golden.tensor('out.G.synthesis.img_const'), golden.c, force_fp32=True))
     golden.assert_close('out.D.logits_on_G_img_psi0.5',
@@ -214,13 +206,13 @@ def _assert_grad_close(golden: Golden, key: str, net: torch.nn.Module, leaf: tor
         recorder.close()
 
 
-def test_grad_synthesis_ws(golden, code_path):
+def test_grad_synthesis_ws(golden):
     ws = golden.tensor('out.G.mapping.ws_psi1').requires_grad_(True)
     _assert_grad_close(golden, 'grad.G.synthesis.ws', golden.G, ws,
                        lambda: golden.G.synthesis(ws, noise_mode='const', force_fp32=True).square().sum())
 
 
-def test_grad_discriminator_img(golden, code_path):
+def test_grad_discriminator_img(golden):
     img = golden.tensor('out.G.synthesis.img_const').requires_grad_(True)
     _assert_grad_close(golden, 'grad.D.img', golden.D, img,
                        lambda: golden.D(img, golden.c, force_fp32=True).sum())
@@ -265,7 +257,7 @@ def _check_block_outputs(golden, outputs: dict, prefix: str):
 
 # Config (e) stores no intermediates (golden README section 1).
 @pytest.mark.parametrize('name', [name for name in CONFIGS if name != 'res32_fp16'])
-def test_per_block_intermediates(golden_dir, name, code_path):
+def test_per_block_intermediates(golden_dir, name):
     golden = get_golden(golden_dir, name)
     assert golden.meta['intermediates']['stored_G'] or golden.meta['intermediates']['stored_D']
     G, D = golden.G, golden.D
@@ -292,7 +284,7 @@ def _dtype_name(t):
     return None if t is None else str(t.dtype).replace('torch.', '')
 
 
-def test_fp16_path_generator(golden_fp16, code_path):
+def test_fp16_path_generator(golden_fp16):
     G = golden_fp16.G
     expected = golden_fp16.meta['fp16_on_cpu']
     ws = golden_fp16.tensor('out.G.mapping.ws_psi1')
@@ -311,7 +303,7 @@ def test_fp16_path_generator(golden_fp16, code_path):
     assert float((img16 - img32).abs().max()) > 1e-4
 
 
-def test_fp16_path_discriminator(golden_fp16, code_path):
+def test_fp16_path_discriminator(golden_fp16):
     D = golden_fp16.D
     expected = golden_fp16.meta['fp16_on_cpu']
     img = golden_fp16.tensor('out.G.synthesis.img_const')
@@ -326,7 +318,7 @@ def test_fp16_path_discriminator(golden_fp16, code_path):
     golden_fp16.assert_close('out.D.logits_fp16path', logits16, rel_tol=FP16_REL_TOL, scale=ref_max)
 
 
-def test_conv_clamp_probes(golden_fp16, code_path):
+def test_conv_clamp_probes(golden_fp16):
     G, D = golden_fp16.G, golden_fp16.D
     ws = golden_fp16.tensor('out.G.mapping.ws_psi1')
     golden_fp16.assert_close('out.G.synthesis.img_const_ws_x1000',

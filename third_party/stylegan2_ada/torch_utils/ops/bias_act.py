@@ -145,7 +145,9 @@ def _bias_act_native(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int
     gain_pending = gain != 1
     if b is not None:
         if gain_pending and gain > 0 and act in _POSITIVELY_HOMOGENEOUS:
-            y = torch.add(b * gain, x, alpha=gain)  # gain * (x + b) in one pass
+            # gain * (x + b) in one pass. Not torch.add(b * gain, x, alpha=gain): inductor (torch 2.14)
+            # miscompiles an add with alpha whose operand is a matmul result (the image of torch.compile is wrong).
+            y = x.mul(gain).add_(b * gain)
             gain_pending = False
         else:
             y = x + b

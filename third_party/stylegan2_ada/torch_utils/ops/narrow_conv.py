@@ -1,5 +1,9 @@
 """Compiled CPU kernels for float32 inference of synthesis networks, above all narrow (pruned) ones.
 
+training.networks never calls them (it is the reference model, one code path per layer): the 'cpu-kernels'
+inference backend of gan_prune (gan_prune/runtime/cpu_kernels.py) registers them as torch ops and runs a
+generator through them. This module builds the kernels and holds their Python signatures.
+
 oneDNN vectorises convolutions over channels: with few output channels many vector lanes idle, and bias,
 noise, leaky ReLU and clamp each cost a further pass over the activations. narrow_conv.cpp vectorises over
 image columns instead (planar NCHW; 16, 8 or 4 lanes, so that 4-16 px rows fill their vectors), keeps a tile
@@ -13,17 +17,14 @@ intermediate rows never leave the cache. Two further kernels serve every generat
 - small_batch_linear: fully connected layers at inference batch sizes (mapping network, affines), which a
   GEMM library would first pack; small_batch_linears runs several such layers in one call.
 
-Measured layer by layer against the oneDNN path (`python tools/bench_narrow.py`, table in docs/benchmarks.md;
-whole layers with their epilogues, batch 4, one thread, 2-core AMD EPYC): with 13-128 output channels the
-kernels take 0.35-0.92 of oneDNN's time (both 3x3 and upsampling layers), with 154 about 0.9, with 256 the
-two are even, and with 512 either is ahead by a few percent depending on the layer. So layers with up to
-MAX_CHANNELS output channels use the kernels, wider ones oneDNN, and the teacher takes the same rule as the
-pruned students.
+Measured layer by layer against the reference layer (`python tools/bench_narrow.py`, table in
+docs/benchmarks.md): the kernels win clearly on narrow layers and about break even at 256 output channels, so
+the backend uses them for layers with up to MAX_CHANNELS output channels, teacher and students alike.
 
 The kernels are built with the host compiler on first use (about 40 s, once: the library is cached on disk,
 see torch_utils.custom_ops). Without a compiler, with TORCH_UTILS_CPU_KERNELS=0 in the environment, or if
-the build fails, kernels() returns None and the layers keep the pure-PyTorch paths; both agree to float32
-rounding (tests/third_party/test_narrow_conv.py).
+the build fails, kernels() returns None (and the cpu-kernels backend refuses in one line). The kernels agree
+with the PyTorch definitions to float32 rounding (tests/third_party/test_narrow_conv.py).
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def clear_cache() -> None:
 
 @contextlib.contextmanager
 def enabled(flag: bool) -> Iterator[None]:
-    """Within the block, layers use the kernels only if `flag` (benchmarks compare both paths this way)."""
+    """Within the block, applies() and the other checks answer False unless `flag` (switches the kernels off)."""
     global _enabled
     previous, _enabled = _enabled, bool(flag)
     try:
