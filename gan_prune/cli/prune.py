@@ -16,9 +16,13 @@ D = defaults.PRUNE
               help='Teacher network pickle: a path, an http(s) URL, or builtin:NAME (tiny32, paper256).')
 @click.option('--out', required=True, metavar='PKL', help='Where to write the pruned snapshot (.pkl).')
 @click.option('--rate', type=float, default=None, callback=checks.fraction, metavar='R',
-              help='Target FLOPs compression rate 1 - MACs(student)/MACs(teacher), e.g. 0.9573; the smallest '
-                   'uniform channel ratio that reaches it is used. The paper\'s "95.73 %" student is --ratio 0.8 '
-                   '(95.87 % conv, 95.85 % total; 95.73 % is not reproduced by any convention).')
+              help='Target FLOPs compression rate 1 - MACs(student)/MACs(teacher), e.g. 0.9892; it resolves to '
+                   'the uniform channel configuration whose rate is nearest (reported next to the target), so the '
+                   'paper\'s rounded rates 0.7496, 0.9073, 0.9892, 0.9969 build its r = 0.5, 0.7, 0.9, 0.95 '
+                   'students on paper256 (a "smallest ratio that reaches it" or "rounds to it" rule misses 0.9073 '
+                   'and 0.9969, and gives 51 instead of 52 channels for 0.9892). 0.9573 is reproduced by no '
+                   'configuration and resolves to 104/52/26/13 channels (95.85 %); the paper\'s "95.73 %" student '
+                   'is --ratio 0.8.')
 @click.option('--ratio', type=float, default=None, callback=checks.fraction, metavar='r',
               help='Uniform channel ratio instead of --rate: remove int(C*r) channels of every feature map '
                    '(paper: 0.5, 0.7, 0.8, 0.9, 0.95).')
