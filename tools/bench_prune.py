@@ -36,7 +36,7 @@ def run_prune(samples: int, batch: int) -> dict:
     """Run the CLI in a child process; wall time and the child's peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, 'paper256-pruned.pkl')
-        args = ['prune', '--pkl', 'builtin:paper256', '--rate', '0.9573', '--samples', str(samples),
+        args = ['prune', '--pkl', 'builtin:paper256', '--rate', '0.9573', '--mask', 'none', '--samples', str(samples),
                 '--batch', str(batch), '--seed', '0', '--device', 'cpu', '--out', out]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()

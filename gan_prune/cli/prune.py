@@ -6,7 +6,9 @@ import click
 from gan_prune import defaults
 from gan_prune.cli import checks
 from gan_prune.nets.cost import CONVENTIONS
-from gan_prune.prune.importance import IMPORTANCE
+from gan_prune.prune.importance import CRITERIA, criterion_help
+from gan_prune.prune.masks import MASKS
+from gan_prune.prune.surgery import TORGB_GAINS
 
 D = defaults.PRUNE
 
@@ -31,27 +33,41 @@ D = defaults.PRUNE
 @click.option('--rate-convention', type=click.Choice(CONVENTIONS), default=D['rate_convention'], show_default=True,
               help="MAC counting for --rate: 'conv' = synthesis convs + toRGB (the paper's rates), 'total' adds "
                    'style affines and the mapping network.')
-@click.option('--criterion', type=click.Choice(list(IMPORTANCE)), default=D['criterion'], show_default=True,
-              help='Channel importance: content-aware (CAGAN gradient score under a content mask; the method\'s '
-                   'criterion, used by paper and release alike), l1-out (same, whole image), weight-l1, random, '
-                   'diversity (DCP-GAN).')
-@click.option('--mask', default=D['mask'], show_default=True, metavar='auto|none|face-parser|demo-faces|FILE',
-              help='Content-of-interest mask: face-parser (BiSeNet, needs --parser-weights), none (all pixels; for '
-                   'non-face data), demo-faces (the segmenter shipped for the bundled cartoon-face teacher), or '
-                   'your model (TorchScript file, or torch file with name + state_dict; either runs code, so it '
-                   'needs --trust-pickle). auto: face-parser when --parser-weights is given, else none.')
+@click.option('--criterion', type=click.Choice(CRITERIA.names()), default=D['criterion'], show_default=True,
+              help=f'Channel importance. {criterion_help()}. content-aware needs a content mask (--mask).')
+@click.option('--mask', default=D['mask'], show_default=True, metavar='auto|' + '|'.join(MASKS.names()) + '|FILE',
+              help='Content-of-interest mask for --criterion content-aware: '
+                   + '; '.join(f'{name}: {MASKS.info(name)["summary"]}' for name in MASKS.names())
+                   + '; FILE: your model (TorchScript file, or torch file with name + state_dict; either runs code, '
+                   'so it needs --trust-pickle). auto: face-parser when --parser-weights is given or 79999_iter.pth '
+                   'is in the weights folders, otherwise an error (never a silent all-ones mask).')
 @click.option('--parser-weights', default=None, metavar='FILE',
               help='BiSeNet face-parsing weights (79999_iter.pth) for --mask face-parser.')
-@click.option('--samples', type=click.IntRange(min=1), default=D['samples'], show_default=True,
-              help='Generated images used to score channels.')
-@click.option('--batch', type=click.IntRange(min=1), default=D['batch'], show_default=True,
-              help='Images per scoring batch (memory grows with it).')
+@click.option('--samples', type=click.IntRange(min=1), default=D['samples'],
+              help='Latents used to score channels (images for the gradient criteria, w samples for l1-out). '
+                   'Default: the criterion\'s own, ' + ', '.join(
+                       f'{name} {CRITERIA.info(name)["samples"]}' for name in CRITERIA.names()
+                       if CRITERIA.info(name)['needs_samples']) + '.')
+@click.option('--batch', type=click.IntRange(min=1), default=D['batch'],
+              help='Latents per scoring batch. Default: the criterion\'s own (8; diversity 5, as DCP-GAN, whose '
+                   'per-batch variance depends on it).')
 @click.option('--micro-batch', type=click.IntRange(min=1), default=D['micro_batch'], show_default=True,
               help='Images per forward/backward pass while scoring; lower it to save memory (scores do not change).')
 @click.option('--seed', type=int, default=D['seed'], show_default=True,
               help='Seed of the latents and the salt-and-pepper noise (the result is deterministic for a seed).')
 @click.option('--noise-prob', type=click.FloatRange(0, 1), default=D['noise_prob'], show_default=True,
               help='Probability that a masked pixel gets salt-and-pepper noise.')
+@click.option('--directions', type=click.IntRange(min=2), default=D['directions'], show_default=True,
+              help='diversity: latent directions per batch, drawn in proportion to explained variance.')
+@click.option('--strength', type=float, default=D['strength'], show_default=True,
+              help='diversity: alpha of the edit w + alpha d.')
+@click.option('--pca-samples', type=click.IntRange(min=2), default=D['pca_samples'], show_default=True,
+              help='diversity: mapped latents in the PCA of W that gives the directions.')
+@click.option('--torgb-gain', type=click.Choice(TORGB_GAINS), default=D['torgb_gain'], show_default=True,
+              help="toRGB weight gain of the student: 'teacher' keeps the teacher's fan-in, so the pruned network "
+                   "computes what its kept channels computed in the teacher (the default: closer to the teacher "
+                   "right after pruning, see docs/results.md); 'pruned' rebuilds toRGB with the pruned fan-in as "
+                   "the authors' release does (toRGB outputs about 3x larger at r = 0.9). Recorded in the pickle.")
 @click.option('--device', default=D['device'], callback=checks.device, show_default=True,
               help='cpu, cuda, cuda:N, or auto (cuda when available).')
 @click.option('--trust-pickle', is_flag=True,
@@ -60,7 +76,8 @@ D = defaults.PRUNE
                    "class that is not one of the toolkit's own). Without it such files are refused; state dicts "
                    'and bundled files need no flag.')
 def command(src, out, rate, ratio, channel_text, rate_convention, criterion, mask, parser_weights, samples, batch,
-            micro_batch, seed, noise_prob, device, trust_pickle) -> None:
+            micro_batch, seed, noise_prob, directions, strength, pca_samples, torgb_gain, device,
+            trust_pickle) -> None:
     """Score the teacher's channels, cut every feature map to the solved channel count, write a slim G.
 
     The output is a normal StyleGAN2-ADA snapshot (G, G_ema pruned; D from the teacher) plus a `pruning`
@@ -74,7 +91,8 @@ def command(src, out, rate, ratio, channel_text, rate_convention, criterion, mas
                             'or --channels RES:N,...')
     result = prune(src, out, rate=rate, ratio=ratio, channels=parse_channel_overrides(channel_text),
                    criterion=criterion, mask=mask, parser_weights=parser_weights, samples=samples, batch=batch,
-                   micro_batch=micro_batch, seed=seed, noise_prob=noise_prob, rate_convention=rate_convention,
+                   micro_batch=micro_batch, seed=seed, noise_prob=noise_prob, directions=directions,
+                   strength=strength, pca_samples=pca_samples, torgb_gain=torgb_gain, rate_convention=rate_convention,
                    device=device, trust=trust_pickle, progress=True, log=click.echo)
     click.echo(result.report)
     click.echo(f'wrote {out} ({criterion}, {result.seconds:.1f} s)')
