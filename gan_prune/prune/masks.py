@@ -199,14 +199,13 @@ def missing_mask_message(what: str, option: str = '--mask') -> str:
             f'or {option} FILE for your own segmentation model, or {option} none to score every pixel unmasked')
 
 
-def build_mask(spec: str | None, parser_weights: str | None = None, notice=print, trust: bool = False,
+def build_mask(spec: str | None, parser_weights: str | None = None, trust: bool = False,
                option: str = '--mask') -> MaskProvider:
     """Provider for a --mask value: a MASKS name ('none', 'face-parser', 'demo-faces'), 'auto' or a model file.
 
     'auto' is the face parser when weights are given or found (gan_prune.weights search folders); without them
     it is an error naming the file, its source and the flags, never a silent all-ones mask. `trust` lets a model
-    file run code (see UserMask.from_file); `option` names the command-line option in messages; `notice` is
-    kept for callers that pass it (nothing is printed here).
+    file run code (see UserMask.from_file); `option` names the command-line option in messages.
     """
     resolved = resolve_mask_spec(spec, parser_weights)
     if resolved == 'auto':

@@ -24,7 +24,7 @@ from gan_prune.nets.cost import generator_cost
 from gan_prune.prune.importance import CRITERIA, Importance, keep_indices
 from gan_prune.prune.masks import MASKS, PARSER_WEIGHTS_FILE, build_mask, missing_mask_message, resolve_mask_spec
 from gan_prune.prune.solver import ChannelPlan, format_plan, net_shape, solve_channels
-from gan_prune.prune.surgery import slice_generator
+from gan_prune.prune.surgery import TORGB_GAINS, slice_generator
 
 _STANDARD_KEYS = ('G', 'D', 'G_ema', 'training_set_kwargs', 'augment_pipe', 'pruning')
 
@@ -74,6 +74,8 @@ def prune(src: str, out: str | None, *, rate: float | None = None, ratio: float 
     batch = int(batch if batch is not None else facts.get('batch', 1))
     if out is not None and os.path.isdir(out):
         raise GanPruneError(f'--out {out} is a directory; give the path of the .pkl file to write')
+    if torgb_gain not in TORGB_GAINS:
+        raise GanPruneError(f'--torgb-gain {torgb_gain!r} is unknown; choose one of {", ".join(TORGB_GAINS)}')
     options = dict(noise_prob=noise_prob, micro_batch=micro_batch, directions=directions, strength=strength,
                    pca_samples=pca_samples)
     if facts['needs_mask']:
