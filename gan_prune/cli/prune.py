@@ -65,9 +65,10 @@ D = defaults.PRUNE
               help='diversity: mapped latents in the PCA of W that gives the directions.')
 @click.option('--torgb-gain', type=click.Choice(TORGB_GAINS), default=D['torgb_gain'], show_default=True,
               help="toRGB weight gain of the student: 'teacher' keeps the teacher's fan-in, so the pruned network "
-                   "computes what its kept channels computed in the teacher (the default: closer to the teacher "
-                   "right after pruning, see docs/results.md); 'pruned' rebuilds toRGB with the pruned fan-in as "
-                   "the authors' release does (toRGB outputs about 3x larger at r = 0.9). Recorded in the pickle.")
+                   "computes what its kept channels computed in the teacher; 'pruned' rebuilds toRGB with the "
+                   "pruned fan-in as the authors' release does (toRGB outputs about 3x larger at r = 0.9). The "
+                   "default is 'teacher' because it measured closer to the teacher right after pruning (docs/"
+                   "benchmarks.md, 'toRGB gain'); 'pruned' reproduces the release. Recorded in the pickle.")
 @click.option('--device', default=D['device'], callback=checks.device, show_default=True,
               help='cpu, cuda, cuda:N, or auto (cuda when available).')
 @click.option('--trust-pickle', is_flag=True,
