@@ -14,10 +14,14 @@ DOWNLOAD: dict[str, Any] = dict(
 
 PRUNE: dict[str, Any] = dict(
     criterion='content-aware',
-    samples=400,
-    batch=8,
+    samples=None,              # None: the criterion's own default (400 for CAGAN's scores, 5000 for diversity)
+    batch=None,                # None: the criterion's own default (8; 5 for diversity, DCP-GAN's)
     seed=0,
     noise_prob=0.05,
+    directions=10,             # diversity: directions per batch, drawn in proportion to explained variance
+    strength=5.0,              # diversity: alpha in |G(w + alpha d) - G(w)|
+    pca_samples=10000,         # diversity: mapped latents in the PCA of W
+    torgb_gain='teacher',      # 'teacher': keep the teacher's toRGB fan-in gain (function-preserving) | 'pruned'
     rate_convention='conv',    # 'conv': synthesis convs + toRGB (method.md sec. 3); 'total': + affine and mapping
     mask='auto',               # 'auto': face parser if --parser-weights given, else all ones | 'none' | 'face-parser' | FILE
     micro_batch=4,             # images per forward/backward pass while scoring (bounds memory; scores do not depend on it)

@@ -41,7 +41,7 @@ def run_prune(samples: int, batch: int) -> dict:
     """Run the CLI in a child process; wall time and the child's peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, 'paper256-pruned.pkl')
-        args = ['prune', '--pkl', 'builtin:paper256', '--rate', '0.9573', '--samples', str(samples),
+        args = ['prune', '--pkl', 'builtin:paper256', '--rate', '0.9573', '--mask', 'none', '--samples', str(samples),
                 '--batch', str(batch), '--seed', '0', '--device', 'cpu', '--out', out]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
@@ -118,7 +118,7 @@ def build_runner(backend: str, G: torch.nn.Module, tmp: str, name: str):
 @torch.no_grad()
 def timed_calls(run, z_dim: int, repeats: int, batch: int) -> tuple[list, list]:
     """(wall seconds, process CPU seconds) of `repeats` run(z, c) calls on `batch` images, after one warm-up."""
-    from gan_prune.metrics.latency import time_calls
+    from gan_prune.runtime.latency import time_calls
     runs = time_calls(run, z_dim, 0, batch=batch, repeats=repeats, warmup=1)
     return [t / 1000 for t in runs['wall_ms']], [t / 1000 for t in runs['cpu_ms']]
 
@@ -171,7 +171,7 @@ def block_times(G, repeats: int = 3) -> dict:
     for module, name in modules.items():
         module.forward = timed(module.forward, name)
     try:
-        from gan_prune.metrics.latency import generator_latency
+        from gan_prune.runtime.latency import generator_latency
         generator_latency(G, batch=BATCH, repeats=repeats, warmup=1)
     finally:
         for module in modules:

@@ -6,7 +6,9 @@ import click
 from gan_prune import defaults
 from gan_prune.cli import checks
 from gan_prune.nets.cost import CONVENTIONS
-from gan_prune.prune.importance import IMPORTANCE
+from gan_prune.prune.importance import CRITERIA, criterion_help
+from gan_prune.prune.masks import MASKS
+from gan_prune.prune.surgery import TORGB_GAINS
 
 D = defaults.PRUNE
 
@@ -17,9 +19,13 @@ D = defaults.PRUNE
 @click.option('--out', required=True, metavar='PKL',
               help='Where to write the pruned snapshot (.pkl); never one of the input files.')
 @click.option('--rate', type=float, default=None, callback=checks.fraction, metavar='R',
-              help='Target FLOPs compression rate 1 - MACs(student)/MACs(teacher), e.g. 0.9573; the smallest '
-                   'uniform channel ratio that reaches it is used. The paper\'s "95.73 %" student is --ratio 0.8 '
-                   '(95.87 % conv, 95.85 % total; 95.73 % is not reproduced by any convention).')
+              help='Target FLOPs compression rate 1 - MACs(student)/MACs(teacher), e.g. 0.9892; it resolves to '
+                   'the uniform channel configuration whose rate is nearest (reported next to the target), so the '
+                   'paper\'s rounded rates 0.7496, 0.9073, 0.9892, 0.9969 build its r = 0.5, 0.7, 0.9, 0.95 '
+                   'students on paper256 (a "smallest ratio that reaches it" or "rounds to it" rule misses 0.9073 '
+                   'and 0.9969, and gives 51 instead of 52 channels for 0.9892). 0.9573 is reproduced by no '
+                   'configuration and resolves to 104/52/26/13 channels (95.85 %); the paper\'s "95.73 %" student '
+                   'is --ratio 0.8.')
 @click.option('--ratio', type=float, default=None, callback=checks.fraction, metavar='r',
               help='Uniform channel ratio instead of --rate: remove int(C*r) channels of every feature map '
                    '(paper: 0.5, 0.7, 0.8, 0.9, 0.95).')
@@ -28,27 +34,44 @@ D = defaults.PRUNE
 @click.option('--rate-convention', type=click.Choice(CONVENTIONS), default=D['rate_convention'], show_default=True,
               help="MAC counting for --rate: 'conv' = synthesis convs + toRGB (the paper's rates), 'total' adds "
                    'style affines and the mapping network.')
-@click.option('--criterion', type=click.Choice(list(IMPORTANCE)), default=D['criterion'], show_default=True,
-              help='Channel importance: content-aware (CAGAN gradient score under a content mask; the method\'s '
-                   'criterion, used by paper and release alike), l1-out (same, whole image), weight-l1, random, '
-                   'diversity (DCP-GAN).')
-@click.option('--mask', default=D['mask'], show_default=True, metavar='auto|none|face-parser|demo-faces|FILE',
-              help='Content-of-interest mask: face-parser (BiSeNet, needs --parser-weights), none (all pixels; for '
-                   'non-face data), demo-faces (the segmenter shipped for the bundled cartoon-face teacher), or '
-                   'your model (TorchScript file, or torch file with name + state_dict; either runs code, so it '
-                   'needs --trust-pickle). auto: face-parser when --parser-weights is given, else none.')
+@click.option('--criterion', type=click.Choice(CRITERIA.names()), default=D['criterion'], show_default=True,
+              help=f'Channel importance. {criterion_help()}. content-aware needs a content mask (--mask).')
+@click.option('--mask', default=D['mask'], show_default=True, metavar='auto|' + '|'.join(MASKS.names()) + '|FILE',
+              help='Content-of-interest mask for --criterion content-aware: '
+                   + '; '.join(f'{name}: {MASKS.info(name)["summary"]}' for name in MASKS.names())
+                   + '; FILE: your model (TorchScript file, or torch file with name + state_dict; either runs code, '
+                   'so it needs --trust-pickle). auto: face-parser when --parser-weights is given or 79999_iter.pth '
+                   'is in the weights folders, otherwise an error (never a silent all-ones mask).')
 @click.option('--parser-weights', default=None, metavar='FILE',
               help='BiSeNet face-parsing weights (79999_iter.pth) for --mask face-parser.')
-@click.option('--samples', type=click.IntRange(min=1), default=D['samples'], show_default=True,
-              help='Generated images used to score channels.')
-@click.option('--batch', type=click.IntRange(min=1), default=D['batch'], show_default=True,
-              help='Images per scoring batch (memory grows with it).')
+@click.option('--samples', type=click.IntRange(min=1), default=D['samples'],
+              help='Latents used to score channels (images for the gradient criteria, w samples for l1-out). '
+                   'Default: the criterion\'s own, ' + ', '.join(
+                       f'{name} {CRITERIA.info(name)["samples"]}' for name in CRITERIA.names()
+                       if CRITERIA.info(name)['needs_samples']) + '.')
+@click.option('--batch', type=click.IntRange(min=1), default=D['batch'],
+              help='Latents per scoring batch. Default: the criterion\'s own (8; diversity 5, as DCP-GAN, whose '
+                   'per-batch variance depends on it).')
 @click.option('--micro-batch', type=click.IntRange(min=1), default=D['micro_batch'], show_default=True,
               help='Images per forward/backward pass while scoring; lower it to save memory (scores do not change).')
 @click.option('--seed', type=int, default=D['seed'], show_default=True,
               help='Seed of the latents and the salt-and-pepper noise (the result is deterministic for a seed).')
 @click.option('--noise-prob', type=click.FloatRange(0, 1), default=D['noise_prob'], show_default=True,
               help='Probability that a masked pixel gets salt-and-pepper noise.')
+@click.option('--directions', type=click.IntRange(min=2), default=D['directions'], show_default=True,
+              help='diversity: latent directions per batch, drawn in proportion to explained variance.')
+@click.option('--strength', type=float, default=D['strength'], show_default=True,
+              help='diversity: alpha of the edit w + alpha d.')
+@click.option('--pca-samples', type=click.IntRange(min=2), default=D['pca_samples'], show_default=True,
+              help='diversity: mapped latents in the PCA of W that gives the directions.')
+@click.option('--torgb-gain', type=click.Choice(TORGB_GAINS), default=D['torgb_gain'], show_default=True,
+              help="toRGB weight gain of the student: 'teacher' keeps the teacher's fan-in, so the pruned network "
+                   "computes what its kept channels computed in the teacher; 'pruned' rebuilds toRGB with the "
+                   "pruned fan-in as the authors' release does (toRGB outputs about 3x larger at r = 0.9). The "
+                   "default is 'teacher': right after pruning the bundled teacher it was closer to the teacher per "
+                   "pixel at r = 0.9 and 0.99 (MSE 0.28 vs 0.43, 0.38 vs 0.77) and in FD at 0.9 (166 vs 169), "
+                   "while 'pruned' had the lower FD at 0.99 (171 vs 175); docs/benchmarks.md, 'toRGB gain'. "
+                   "'pruned' reproduces the release. Recorded in the pickle.")
 @click.option('--device', default=D['device'], callback=checks.device, show_default=True,
               help='cpu, cuda, cuda:N, or auto (cuda when available).')
 @click.option('--trust-pickle', is_flag=True,
@@ -57,7 +80,8 @@ D = defaults.PRUNE
                    "class that is not one of the toolkit's own). Without it such files are refused; state dicts "
                    'and bundled files need no flag.')
 def command(src, out, rate, ratio, channel_text, rate_convention, criterion, mask, parser_weights, samples, batch,
-            micro_batch, seed, noise_prob, device, trust_pickle) -> None:
+            micro_batch, seed, noise_prob, directions, strength, pca_samples, torgb_gain, device,
+            trust_pickle) -> None:
     """Score the teacher's channels, cut every feature map to the solved channel count, write a slim G.
 
     The output is a normal StyleGAN2-ADA snapshot (G, G_ema pruned; D from the teacher) plus a `pruning`
@@ -73,7 +97,8 @@ def command(src, out, rate, ratio, channel_text, rate_convention, criterion, mas
     refuse_overwriting_inputs(out, {'--pkl': src, '--parser-weights': parser_weights, '--mask': mask})
     result = prune(src, out, rate=rate, ratio=ratio, channels=parse_channel_overrides(channel_text),
                    criterion=criterion, mask=mask, parser_weights=parser_weights, samples=samples, batch=batch,
-                   micro_batch=micro_batch, seed=seed, noise_prob=noise_prob, rate_convention=rate_convention,
+                   micro_batch=micro_batch, seed=seed, noise_prob=noise_prob, directions=directions,
+                   strength=strength, pca_samples=pca_samples, torgb_gain=torgb_gain, rate_convention=rate_convention,
                    device=device, trust=trust_pickle, progress=True, log=click.echo)
     click.echo(result.report)
     click.echo(f'wrote {out} ({criterion}, {result.seconds:.1f} s)')

@@ -20,7 +20,7 @@ import torch
 from gan_prune.defaults import DEMO
 from gan_prune.errors import GanPruneError
 from gan_prune.fileio import atomic_write
-from gan_prune.metrics.latency import machine_description
+from gan_prune.runtime.latency import machine_description
 
 MODEL_LABELS = {'teacher': 'teacher', 'pruned': 'pruned (no fine-tuning)', 'student': 'NICKEL & DiME student'}
 TILE_SCALE = 4  # 32 px images are enlarged (nearest neighbour) so faces are visible in the comparison
@@ -191,7 +191,7 @@ def cpu_latencies_ms(models: dict[str, torch.nn.Module], batch: int = 4, rounds:
     Process CPU time with one thread is steadier than wall time on a busy machine; the models take turns in
     every round, so a slow spell of the machine does not fall on one model only.
     """
-    from gan_prune.metrics.latency import generator_latency
+    from gan_prune.runtime.latency import generator_latency
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     runs: dict[str, list[float]] = {name: [] for name in models}

@@ -2,13 +2,15 @@
 
 A provider is called with NCHW float images in [-1, 1] and returns an [N, 1, H, W] float32 mask in [0, 1] at the
 image size. Providers:
-- `ones`: every pixel (non-face data; the `l1-out` criterion);
+- `none`: every pixel (non-face data; the `gradient-unmasked` criterion);
 - `face-parser`: BiSeNet face parsing, COI = every class except background (0) and cloth (16);
 - `user`: the user's own model, a TorchScript file or a torch file holding {'name': 'package.module.Class',
   'state_dict': {...}, 'kwargs': {...}}; its output is squeezed to one channel and clamped to [0, 1].
   Both run code, so they need trust=True (--trust-pickle) unless the TorchScript file is a published one the
   toolkit knows or the class is one of its own (gan_prune.io.trusted).
-`build_mask(spec, parser_weights, trust=trust)` maps the CLI's --mask value to a provider.
+The named providers are in the MASKS registry (facts: `content`, whether it marks content of interest, and a
+`summary`); `build_mask(spec, parser_weights, trust=trust)` maps the CLI's --mask value (a name, 'auto' or a
+model file) to a provider.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_prune.errors import GanPruneError
+from gan_prune.registry import Registry
 
 
 class MaskProvider:
@@ -145,32 +148,69 @@ class UserMask(MaskProvider):
         return out.float().clamp(0, 1).to(images.device)
 
 
-def build_mask(spec: str | None, parser_weights: str | None = None, notice=print, trust: bool = False,
-               option: str = '--mask') -> MaskProvider:
-    """Provider for a --mask value: None/'auto', 'none', 'face-parser', 'demo-faces' or a model file.
+MASKS: Registry[MaskProvider] = Registry('mask')
 
-    'demo-faces' is the content segmenter shipped for the bundled cartoon-face teacher (a file in our own data
-    format, no flag needed). `trust` lets a model file run code (see UserMask.from_file); `option` names the
-    command-line option in messages.
+# Where the face parser's weights come from, for messages.
+PARSER_WEIGHTS_FILE = '79999_iter.pth'
+PARSER_WEIGHTS_SOURCE = ('the BiSeNet face parser of the face-parsing.PyTorch project '
+                         '(github.com/zllrunning/face-parsing.PyTorch, download link in its README)')
 
-    'auto' means the face parser when weights are given, otherwise all-ones with a one-line notice.
-    """
+
+@MASKS.register('none', content=False, summary='every pixel (all-ones mask; non-face data)')
+def _ones_mask(parser_weights: str | None = None, trust: bool = False, option: str = '--mask') -> MaskProvider:
+    return OnesMask()
+
+
+@MASKS.register('face-parser', content=True, summary=f'BiSeNet face parsing, needs --parser-weights '
+                                                      f'{PARSER_WEIGHTS_FILE}')
+def _face_parser_mask(parser_weights: str | None = None, trust: bool = False,
+                      option: str = '--mask') -> MaskProvider:
+    if not parser_weights:
+        raise GanPruneError(f'{option} face-parser needs --parser-weights {PARSER_WEIGHTS_FILE} '
+                            f'({PARSER_WEIGHTS_SOURCE})')
+    from gan_prune.weights import resolve_weights
+    return FaceParserMask.from_weights(resolve_weights(parser_weights) or parser_weights)
+
+
+@MASKS.register('demo-faces', content=True, summary='the segmenter shipped for the bundled cartoon-face teacher')
+def _demo_faces_mask(parser_weights: str | None = None, trust: bool = False,
+                     option: str = '--mask') -> MaskProvider:
+    from gan_prune.assets import FACE_MASK
+    return UserMask.from_file(FACE_MASK, option=option)
+
+
+def resolve_mask_spec(spec: str | None, parser_weights: str | None = None) -> str:
+    """The mask an --mask value stands for: 'auto' is face-parser when parser weights are given (or
+    79999_iter.pth is found in the weights folders, gan_prune.weights), otherwise 'auto' stays unresolved."""
     spec = (spec or 'auto').strip()
-    if spec == 'auto':
-        if parser_weights:
-            return FaceParserMask.from_weights(parser_weights)
-        if notice is not None:
-            notice('mask: no --parser-weights given, scoring with an all-ones mask (--mask none); '
-                   'for faces pass --mask face-parser --parser-weights 79999_iter.pth')
-        return OnesMask()
-    if spec == 'none':
-        return OnesMask()
-    if spec == 'demo-faces':
-        from gan_prune.assets import FACE_MASK
-        return UserMask.from_file(FACE_MASK, option=option)
-    if spec == 'face-parser':
-        if not parser_weights:
-            raise GanPruneError(f'{option} face-parser needs --parser-weights FILE (the BiSeNet 79999_iter.pth '
-                                f'state dict)')
-        return FaceParserMask.from_weights(parser_weights)
-    return UserMask.from_file(spec, trust=trust, option=option)
+    if spec != 'auto':
+        return spec
+    return 'face-parser' if parser_weights or _found_parser_weights() else 'auto'
+
+
+def _found_parser_weights() -> str | None:
+    from gan_prune.weights import resolve_weights
+    return resolve_weights(PARSER_WEIGHTS_FILE)
+
+
+def missing_mask_message(what: str, option: str = '--mask') -> str:
+    """One line for a content mask that is needed but not given: the file, where to get it, the flags."""
+    return (f'{what} needs a content mask: pass --parser-weights {PARSER_WEIGHTS_FILE} ({PARSER_WEIGHTS_SOURCE}), '
+            f'or {option} FILE for your own segmentation model, or {option} none to score every pixel unmasked')
+
+
+def build_mask(spec: str | None, parser_weights: str | None = None, trust: bool = False,
+               option: str = '--mask') -> MaskProvider:
+    """Provider for a --mask value: a MASKS name ('none', 'face-parser', 'demo-faces'), 'auto' or a model file.
+
+    'auto' is the face parser when weights are given or found (gan_prune.weights search folders); without them
+    it is an error naming the file, its source and the flags, never a silent all-ones mask. `trust` lets a model
+    file run code (see UserMask.from_file); `option` names the command-line option in messages.
+    """
+    resolved = resolve_mask_spec(spec, parser_weights)
+    if resolved == 'auto':
+        raise GanPruneError(missing_mask_message(f'{option} auto', option))
+    if resolved in MASKS:
+        weights = parser_weights or (_found_parser_weights() if resolved == 'face-parser' else None)
+        return MASKS.build(resolved, parser_weights=weights, trust=trust, option=option)
+    return UserMask.from_file(resolved, trust=trust, option=option)

@@ -5,9 +5,13 @@ gan_prune.nets.cost ('conv': synthesis convolutions + toRGB, the paper's; 'total
 
 A uniform channel ratio r removes int(C * r) channels of every feature map with C channels, leaving
 ceil((1 - r) * C) (method.md section 2). The rate is a non-decreasing step function of r, whose steps sit at
-r = 1 - k / C; the solver evaluates every step and takes the smallest ratio whose rate reaches the target, so the
-student is never cheaper than needed. Blocks given in `overrides` ({resolution: channels}) keep those counts and
-the ratio is solved for the rest.
+r = 1 - k / C; every step is a distinct uniform configuration. A target rate resolves to the configuration whose
+rate is nearest to it (a tie goes to the cheaper student). That is what makes the paper's rounded rates build the
+paper's students on paper256: 0.7496, 0.9073, 0.9892 and 0.9969 give the r = 0.5, 0.7, 0.9 and 0.95 channel
+tables (their exact rates are 74.960 %, 90.715 %, 98.920 % and 99.697 %: neither "smallest ratio that reaches
+the rate" nor "a configuration that rounds to it" gives all four), and 0.9573, which no configuration
+reproduces, resolves to 104/52/26/13 channels (95.85 %). The achieved rate is always reported next to the target.
+Blocks given in `overrides` ({resolution: channels}) keep those counts and the ratio is solved for the rest.
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from dataclasses import dataclass, field
 
 from gan_prune.errors import GanPruneError
 from gan_prune.nets.cost import CONVENTIONS, synthesis_macs_for_channels
+
+# How far beyond the most compressed configuration a target may lie and still snap to it (float noise only).
+_RATE_SLACK = 1e-12
 
 
 @dataclass
@@ -170,23 +177,25 @@ def solve_channels(shape: NetShape, rate: float | None = None, ratio: float | No
     if not free:
         plan = _plan(shape, dict(shape.channels, **fixed), None, convention, rate, overrides)
         raise GanPruneError(f'--channels fixes every block (rate {plan.rate:.4%}); drop --rate or free a block')
-    # Every ratio where some feature map's kept count changes: r = 1 - k / C.
-    candidates = sorted({0.0} | {1 - k / c for c in set(free.values()) for k in range(1, c)})
-    best = None
-    lo, hi = 0, len(candidates) - 1
-    while lo <= hi:  # the rate is non-decreasing in r: binary search for the first step that reaches the target
-        mid = (lo + hi) // 2
-        r = candidates[mid]
-        plan = _plan(shape, dict(shape.channels, **ratio_channels(free, r), **fixed), r, convention, rate, overrides)
-        if plan.rate >= rate - 1e-12:
-            best, hi = plan, mid - 1
-        else:
-            lo = mid + 1
-    if best is None:
-        floor = _plan(shape, dict(shape.channels, **{n: 1 for n in free}, **fixed), None, convention, rate, overrides)
-        raise GanPruneError(f'--rate {rate} cannot be reached: even 1 channel per layer gives {floor.rate:.4%} '
+    # Every ratio where some feature map's kept count changes: r = 1 - k / C (the ones leaving a layer empty
+    # are dropped).
+    steps = sorted({0.0} | {1 - k / c for c in set(free.values()) for k in range(1, c)})
+    plans = [_plan(shape, dict(shape.channels, **ratio_channels(free, r), **fixed), r, convention, rate, overrides)
+             for r in steps]
+    return nearest_plan(plans, rate)
+
+
+def nearest_plan(plans: list[ChannelPlan], rate: float) -> ChannelPlan:
+    """The plan whose rate is nearest to `rate`; on a tie the higher rate (the cheaper student).
+
+    A target beyond the most compressed configuration (one channel per layer) is an error, not a snap: the user
+    asked for more than the network can give.
+    """
+    most = max(plans, key=lambda p: p.rate)
+    if rate > most.rate + _RATE_SLACK:
+        raise GanPruneError(f'--rate {rate} cannot be reached: even 1 channel per layer gives {most.rate:.4%} '
                             f'(more would leave a layer with 0 channels); ask for a lower rate')
-    return best
+    return min(plans, key=lambda p: (abs(p.rate - rate), -p.rate))
 
 
 def format_plan(plan: ChannelPlan, teacher_cost=None, student_cost=None) -> str:
@@ -219,7 +228,8 @@ def format_plan(plan: ChannelPlan, teacher_cost=None, student_cost=None) -> str:
                      f' {format_count(student_cost.total_params):>13} {format_count(teacher_cost.total_macs):>12}'
                      f' {format_count(student_cost.total_macs):>11}')
     ratio = 'per-block channels' if plan.ratio is None else f'uniform ratio {plan.ratio:.4f}'
-    target = '' if plan.target_rate is None else f' (target {plan.target_rate:.2%})'
+    target = '' if plan.target_rate is None else (f' (target {plan.target_rate:.2%}; the uniform configuration '
+                                                  f'nearest to it, {plan.rate - plan.target_rate:+.3%})')
     lines.append(f'{ratio}; compression rate {plan.rate:.2%}{target}: {plan.teacher_macs:,} -> {plan.student_macs:,} '
                  f'MACs per image, {plan.teacher_macs / plan.student_macs:.1f}x fewer')
     lines.append(f'counting convention {plan.convention!r}: {CONVENTION_TEXT[plan.convention]}')

@@ -15,8 +15,13 @@ writes a feature map is sliced with that feature map's indices:
 | b{r}.skip.weight (resnet)      | b{r}.out               | b{r/2}.out           |
 
 Everything else (noise buffers, noise strengths, toRGB biases, resampling filters, the mapping network and
-w_avg) is copied unchanged. The teacher's channel counts go into the student's `gain_channels`, so the fixed
-weight gains of toRGB and skip layers stay the teacher's and the kept weights compute what they computed before.
+w_avg) is copied unchanged.
+
+The fixed weight gains of toRGB (and resnet skip) layers depend on their fan-in. `torgb_gain` chooses it:
+- 'teacher' (default): the teacher's channel counts go into the student's `gain_channels`, so the gains stay the
+  teacher's and the kept weights compute what they computed before (function-preserving);
+- 'pruned': the layers are rebuilt with the pruned fan-in, as the authors' release does; toRGB outputs grow by
+  sqrt(teacher channels / student channels), about 3x at r = 0.9.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from gan_prune.errors import GanPruneError
 _GENERATOR_ARGS = ('z_dim', 'c_dim', 'w_dim', 'img_resolution', 'img_channels', 'mapping_kwargs', 'synthesis_kwargs')
 # Synthesis kwargs that describe channel counts of a standard network; the slim network takes `channels` instead.
 _CHANNEL_KWARGS = ('channel_base', 'channel_max', 'channels', 'gain_channels')
+TORGB_GAINS = ('teacher', 'pruned')
 
 
 def _block(G: torch.nn.Module, res: int) -> torch.nn.Module:
@@ -104,14 +110,22 @@ def generator_kwargs(G: torch.nn.Module) -> dict:
     return plain
 
 
-def slim_kwargs(G: torch.nn.Module, channels: dict[str, int]) -> dict:
-    """init kwargs of the SlimGenerator with `channels` that continues teacher G (any standard or slim G)."""
+def slim_kwargs(G: torch.nn.Module, channels: dict[str, int], torgb_gain: str = 'teacher') -> dict:
+    """init kwargs of the SlimGenerator with `channels` that continues teacher G (any standard or slim G).
+
+    torgb_gain 'teacher' keeps G's gain fan-ins; 'pruned' uses the new channel counts (see the module docstring).
+    """
+    if torgb_gain not in TORGB_GAINS:
+        raise GanPruneError(f'--torgb-gain {torgb_gain!r} is unknown; choose one of {", ".join(TORGB_GAINS)}')
     teacher = generator_kwargs(G)
     names = _ordered_names(G)
     missing = [n for n in names if n not in channels]
     if missing:
         raise ValueError(f'channels: missing feature maps {missing}')
-    gain_channels = teacher.get('gain_channels') or feature_maps(G)
+    if torgb_gain == 'pruned':
+        gain_channels = dict(channels)
+    else:
+        gain_channels = teacher.get('gain_channels') or feature_maps(G)
     synthesis_kwargs = {k: v for k, v in teacher['synthesis_kwargs'].items() if k not in _CHANNEL_KWARGS}
     return dict(z_dim=int(G.z_dim), c_dim=int(G.c_dim), w_dim=int(G.w_dim), img_resolution=int(G.img_resolution),
                 img_channels=int(G.img_channels),
@@ -134,11 +148,12 @@ def _check_kept(G: torch.nn.Module, kept: dict[str, torch.Tensor]) -> dict[str, 
     return checked
 
 
-def slice_generator(G: torch.nn.Module, kept: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """A SlimGenerator holding teacher G's weights restricted to the `kept` channel indices of each feature map."""
+def slice_generator(G: torch.nn.Module, kept: dict[str, torch.Tensor], torgb_gain: str = 'teacher') -> torch.nn.Module:
+    """A SlimGenerator holding teacher G's weights restricted to the `kept` channel indices of each feature map,
+    with toRGB/skip gains from the teacher's fan-in ('teacher') or the pruned one ('pruned')."""
     from gan_prune.nets.slim import SlimGenerator
     kept = _check_kept(G, kept)
-    kwargs = slim_kwargs(G, {name: len(idx) for name, idx in kept.items()})
+    kwargs = slim_kwargs(G, {name: len(idx) for name, idx in kept.items()}, torgb_gain)
     with torch.random.fork_rng(devices=[]):  # construction draws random init; keep the caller's RNG stream
         student = SlimGenerator(**kwargs)
     teacher_state = {k: v.detach() for k, v in G.state_dict().items()}

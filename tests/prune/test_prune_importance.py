@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from gan_prune.errors import GanPruneError
-from gan_prune.prune.importance import (IMPORTANCE, ContentAwareImportance, DiversityImportance, L1OutImportance,
-                                        RandomImportance, WeightL1Importance, build_importance, keep_indices,
-                                        salt_and_pepper)
+from gan_prune.prune.importance import (CRITERIA, ContentAwareImportance, DiversityImportance,
+                                        GradientUnmaskedImportance, L1OutImportance, RandomImportance,
+                                        WeightL1Importance, keep_indices, salt_and_pepper)
 from gan_prune.prune.masks import MaskProvider, OnesMask
 from gan_prune.prune.surgery import feature_maps, scoring_layers
 
@@ -31,13 +31,21 @@ class ZeroMask(MaskProvider):
 SAMPLING = dict(samples=6, batch=4, seed=0)
 
 
+def build(name, **options):
+    """A criterion from the registry with the options its facts say it takes (small numbers for diversity)."""
+    facts = CRITERIA.info(name)
+    offered = dict(mask=OnesMask(), noise_prob=0.05, micro_batch=4, directions=3, strength=5.0, pca_samples=200)
+    offered.update(options)
+    return CRITERIA.build(name, **{k: v for k, v in offered.items() if k in facts['options']})
+
+
 @pytest.mark.parametrize('architecture,c_dim', [('skip', 0), ('resnet', 3), ('orig', 0)])
 def test_every_criterion_scores_every_feature_map(architecture, c_dim):
     G = small_generator(architecture, c_dim)
     sizes = feature_maps(G)
     assert list(sizes) == ['b4.const', 'b4.out', 'b8.mid', 'b8.out', 'b16.mid', 'b16.out']
-    for name in IMPORTANCE:
-        crit = build_importance(name, mask=OnesMask())
+    for name in CRITERIA:
+        crit = build(name)
         opts = dict(SAMPLING, samples=4) if name == 'diversity' else SAMPLING
         scores = crit.scores(G, **opts)
         assert set(scores) == set(sizes), name
@@ -74,11 +82,23 @@ def test_gradient_scores_are_deterministic_for_a_seed():
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_l1_out_is_content_aware_with_all_ones_mask():
+def test_gradient_unmasked_is_content_aware_with_all_ones_mask():
     G = small_generator()
-    a = L1OutImportance(ZeroMask()).scores(G, **SAMPLING)  # l1-out ignores the configured mask
+    a = GradientUnmaskedImportance().scores(G, **SAMPLING)
     b = ContentAwareImportance(OnesMask()).scores(G, **SAMPLING)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert GradientUnmaskedImportance().describe()['mask'] == 'none'
+
+
+def test_registry_facts_say_what_each_criterion_needs():
+    assert CRITERIA.names() == ['content-aware', 'gradient-unmasked', 'l1-out', 'weight-l1', 'random', 'diversity']
+    assert [n for n in CRITERIA if CRITERIA.info(n)['needs_mask']] == ['content-aware']
+    assert [n for n in CRITERIA if CRITERIA.info(n)['needs_gradients']] == ['content-aware', 'gradient-unmasked',
+                                                                            'diversity']
+    assert not CRITERIA.info('l1-out')['needs_gradients'] and CRITERIA.info('l1-out')['needs_samples']
+    assert CRITERIA.info('diversity')['samples'] == 5000 and CRITERIA.info('content-aware')['samples'] == 400
+    with pytest.raises(TypeError):
+        ContentAwareImportance()  # no silent all-ones default: the mask is required
 
 
 def test_mask_restricts_the_perturbation():
@@ -135,29 +155,16 @@ def test_weight_l1_and_random():
     assert not torch.equal(r1['b4.out'], RandomImportance().scores(G, seed=4)['b4.out'])
 
 
-def test_diversity_is_a_variance_over_directions():
-    G = small_generator()
-    crit = DiversityImportance(OnesMask(), directions=3, pca_samples=200)
-    dirs = crit.principal_directions(G, seed=0, device='cpu')
-    assert dirs.shape == (3, 16)
-    assert torch.allclose(dirs.norm(dim=1), torch.ones(3), atol=1e-5)
-    a = crit.scores(G, samples=4, batch=4, seed=0)
-    b = crit.scores(G, samples=4, batch=4, seed=0)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert all(float(v.max()) > 0 for v in a.values())
-
-
 def test_keep_indices_and_registry():
     s = torch.tensor([0.1, 0.9, 0.5, 0.9, 0.0])
     assert keep_indices(s, 2).tolist() == [1, 3]
     assert keep_indices(s, 3).tolist() == [1, 2, 3]
     with pytest.raises(ValueError):
         keep_indices(s, 0)
-    with pytest.raises(GanPruneError, match='unknown importance criterion'):
-        build_importance('magic')
-    assert set(IMPORTANCE) == {'content-aware', 'l1-out', 'weight-l1', 'random', 'diversity'}
+    with pytest.raises(GanPruneError, match="unknown criterion 'magic'"):
+        CRITERIA.build('magic')
     with pytest.raises(GanPruneError, match='at least 1'):
-        ContentAwareImportance().scores(small_generator(), samples=0, batch=4)
+        ContentAwareImportance(OnesMask()).scores(small_generator(), samples=0, batch=4)
 
 
 def test_micro_batch_does_not_change_scores():

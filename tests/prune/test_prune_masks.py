@@ -21,15 +21,39 @@ def test_ones_mask():
     assert m.shape == (2, 1, 8, 6) and bool((m == 1).all())
 
 
-def test_auto_without_weights_is_all_ones_with_notice():
-    notes = []
-    provider = build_mask('auto', None, notice=notes.append)
-    assert isinstance(provider, OnesMask)
-    assert len(notes) == 1 and '--mask none' in notes[0] and '\n' not in notes[0]
-    assert isinstance(build_mask('none', notice=notes.append), OnesMask) and len(notes) == 1
+@pytest.fixture
+def no_weight_folders(tmp_path, monkeypatch):
+    """No 79999_iter.pth anywhere the weights search looks."""
+    monkeypatch.setenv('GAN_PRUNE_WEIGHTS', str(tmp_path / 'empty'))
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    monkeypatch.chdir(tmp_path)
 
 
-def test_face_parser_needs_weights(tmp_path):
+def test_auto_without_weights_is_an_error_not_an_all_ones_mask(no_weight_folders):
+    with pytest.raises(GanPruneError) as err:
+        build_mask('auto', None)
+    text = str(err.value)
+    assert '\n' not in text
+    for needed in ('79999_iter.pth', 'face-parsing.PyTorch', '--parser-weights', '--mask none'):
+        assert needed in text
+    assert isinstance(build_mask('none'), OnesMask)
+
+
+def test_auto_finds_parser_weights_in_the_weights_folder(no_weight_folders, tmp_path):
+    from gan_prune.models.bisenet import BiSeNet
+    (tmp_path / 'weights').mkdir()
+    torch.save(BiSeNet().state_dict(), tmp_path / 'weights' / '79999_iter.pth')
+    assert isinstance(build_mask('auto', None), FaceParserMask)
+    assert isinstance(build_mask('face-parser', None), FaceParserMask)
+
+
+def test_mask_registry_names_and_facts():
+    from gan_prune.prune.masks import MASKS
+    assert MASKS.names() == ['none', 'face-parser', 'demo-faces']
+    assert [n for n in MASKS if MASKS.info(n)['content']] == ['face-parser', 'demo-faces']
+
+
+def test_face_parser_needs_weights(tmp_path, no_weight_folders):
     with pytest.raises(GanPruneError, match='--parser-weights'):
         build_mask('face-parser', None)
     with pytest.raises(GanPruneError, match='not found'):

@@ -45,22 +45,43 @@ def test_paper_rates_exact_for_half_and_ninety_percent():
     assert abs(solve_channels(PAPER256, ratio=0.9).rate - 0.9892) < 5e-5
 
 
-@pytest.mark.parametrize('target', [0.5, 0.7496, 0.9, 0.9573, 0.99])
-def test_rate_gives_smallest_ratio_that_reaches_target(target):
+# The paper's rounded rates build the paper's students (method.md section 3; issue 14).
+PAPER_RATES = {0.7496: 0.50, 0.9073: 0.70, 0.9892: 0.90, 0.9969: 0.95}
+
+
+@pytest.mark.parametrize('target', sorted(PAPER_RATES))
+def test_paper_rounded_rates_give_paper_channel_tables(target):
     plan = solve_channels(PAPER256, rate=target)
-    assert plan.rate >= target
+    assert _per_block(plan.channels) == PAPER_TABLE[PAPER_RATES[target]][0]
     assert plan.target_rate == target
-    # The next ratio below (where some feature map keeps one more channel) misses the target.
+    assert abs(plan.rate - target) < 2e-4
+
+
+def test_9892_gives_52_channels_not_51():
+    # 98.9199 % is just below 0.9892; the nearest configuration is still the r = 0.9 table.
+    plan = solve_channels(PAPER256, rate=0.9892)
+    assert plan.rate < 0.9892 and plan.channels['b4.out'] == 52
+
+
+def _step_rates(shape=PAPER256):
     steps = {0.0} | {1 - k / c for c in (512, 256, 128, 64) for k in range(1, c)}
-    below = [r for r in steps if r < plan.ratio]
-    if below:
-        assert solve_channels(PAPER256, ratio=max(below)).rate < target
+    return sorted({solve_channels(shape, ratio=r).rate for r in steps})
 
 
-def test_rate_9573_lands_next_to_paper_ratio():
+@pytest.mark.parametrize('target', [0.5, 0.7496, 0.9, 0.9573, 0.99])
+def test_rate_gives_the_nearest_uniform_configuration(target):
+    plan = solve_channels(PAPER256, rate=target)
+    assert plan.target_rate == target
+    best = min(abs(r - target) for r in _step_rates())
+    assert abs(plan.rate - target) == pytest.approx(best, abs=1e-15)
+
+
+def test_rate_9573_resolves_to_the_nearest_configuration():
     plan = solve_channels(PAPER256, rate=0.9573)
+    assert _per_block(plan.channels) == [104, 104, 104, 104, 52, 26, 13]
     assert 0.79 < plan.ratio <= 0.8
     assert 0.9573 <= plan.rate < 0.9590
+    assert 'nearest' in format_plan(plan) and 'target 95.73%' in format_plan(plan)
 
 
 def test_rate_zero_keeps_everything():
@@ -95,7 +116,7 @@ def test_channel_overrides():
     plan = solve_channels(PAPER256, ratio=0.5, overrides={256: 16})
     assert _per_block(plan.channels) == [256, 256, 256, 256, 128, 64, 16]
     solved = solve_channels(PAPER256, rate=0.9, overrides={4: 512})
-    assert solved.channels['b4.const'] == solved.channels['b4.out'] == 512 and solved.rate >= 0.9
+    assert solved.channels['b4.const'] == solved.channels['b4.out'] == 512 and abs(solved.rate - 0.9) < 1e-3
     with pytest.raises(GanPruneError, match='no block at resolution'):
         solve_channels(PAPER256, ratio=0.5, overrides={512: 4})
     with pytest.raises(GanPruneError, match='1..64'):

@@ -1,6 +1,6 @@
-"""gan_prune.metrics.latency: timing of G(z, c) calls."""
+"""gan_prune.runtime.latency: timing of G(z, c) calls."""
 import gan_prune
-from gan_prune.metrics.latency import generator_latency, machine_description
+from gan_prune.runtime.latency import generator_latency, machine_description
 
 
 def test_generator_latency_times_each_call_on_both_clocks():
