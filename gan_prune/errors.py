@@ -1,4 +1,6 @@
-"""The one exception type the CLI turns into a single line and a non-zero exit."""
+"""The one exception type the CLI turns into a single line and a non-zero exit, and how text read from files
+is made safe to print in that line."""
+from __future__ import annotations
 
 
 class GanPruneError(Exception):
@@ -13,3 +15,53 @@ class GanPruneError(Exception):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Text that came from a file
+
+_UNTRUSTED_TEXT_LIMIT = 200
+
+
+def untrusted_text(text: str, limit: int | None = _UNTRUSTED_TEXT_LIMIT) -> str:
+    """`text` (read from a file, so possibly hostile) made safe to print in a one-line message.
+
+    Characters that are not printable (newlines, carriage returns, escape sequences, bidi overrides, line
+    separators) are written as Python escapes, so a name cannot draw on the terminal or fake extra lines;
+    text longer than `limit` characters is cut short with '...'.
+    """
+    if not isinstance(text, str):
+        text = str(text)
+    if limit is not None and len(text) > limit:
+        text = text[:max(limit - 3, 0)] + '...'
+    if text.isprintable():
+        return text
+    return ''.join(char if char.isprintable() else _escape_char(char) for char in text)
+
+
+def untrusted_repr(value: object, limit: int = _UNTRUSTED_TEXT_LIMIT) -> str:
+    """A short, printable repr of a value read from a file: strings quoted, containers abbreviated.
+
+    reprlib bounds both the nesting and the length, so a deep or huge value costs little to describe.
+    """
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = limit
+    shortener.maxlevel = 3
+    try:
+        text = shortener.repr(value)
+    except Exception:  # pylint: disable=broad-except
+        text = f'<{type(value).__name__}>'
+    return untrusted_text(text, limit)
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if char in '\n\r\t':
+        return {'\n': '\\n', '\r': '\\r', '\t': '\\t'}[char]
+    if code < 0x100:
+        return f'\\x{code:02x}'
+    if code < 0x10000:
+        return f'\\u{code:04x}'
+    return f'\\U{code:08x}'
