@@ -135,6 +135,8 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
     ('builtins', 'complex'): _attr('builtins', 'complex'),
     ('builtins', 'bytes'): _attr('builtins', 'bytes'),  # empty bytes in protocol-0-2 streams
     ('copyreg', '_reconstructor'): _attr('copyreg', '_reconstructor'),  # plain instances in protocols 0 and 1
+    ('builtins', 'object'): _attr('builtins', 'object'),  # ... and the base classes it names
+    ('builtins', 'dict'): _attr('builtins', 'dict'),
     ('_codecs', 'encode'): _attr('_codecs', 'encode'),  # bytes in protocol-2 streams
     ('numpy', 'dtype'): _attr('numpy', 'dtype'),
     ('numpy', 'ndarray'): _attr('numpy', 'ndarray'),
@@ -518,6 +520,7 @@ def _call_checks() -> dict[tuple[str, str], _Check]:
         ('builtins', 'bytearray'): _bytes_args('bytearray'),
         ('builtins', 'bytes'): _bytes_args('bytes'),
         ('builtins', 'complex'): _complex_args,
+        ('builtins', 'dict'): _plain_sequence_args('dict'),
         ('_codecs', 'encode'): _codecs_encode_args,
         ('numpy', 'dtype'): _dtype_args,
         ('dnnlib.util', 'EasyDict'): _plain_sequence_args('EasyDict'),
