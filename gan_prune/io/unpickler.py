@@ -58,8 +58,10 @@ class TFNetworkStub(dict):
 
 
 def _load_storage_from_bytes(data: bytes) -> Any:
-    # The stream holds each tensor storage as a nested torch.save blob; read it without executing anything.
+    # The stream holds each tensor storage as a nested torch.save blob; read it without executing anything,
+    # after checking that the size it declares fits in it.
     import torch
+    _check_storage_blob(data)
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location='cpu')
     except pickle.UnpicklingError as e:
@@ -469,8 +471,7 @@ def _rebuild_from_type_args(unpickler: 'SafeUnpickler', args: tuple) -> tuple:
 def _load_from_bytes_args(unpickler: 'SafeUnpickler', args: tuple) -> tuple:
     if len(args) != 1 or not isinstance(args[0], bytes):
         raise _refuse('torch.storage._load_from_bytes', 'with something other than bytes')
-    _check_storage_blob(args[0])
-    return args
+    return args  # the blob itself is checked by _load_storage_from_bytes
 
 
 def _check_storage_blob(blob: bytes) -> None:
