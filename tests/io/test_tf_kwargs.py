@@ -1,7 +1,7 @@
 """Forged settings in a TensorFlow-format pickle are refused before the network they describe is allocated."""
 import copy
 import time
-import tracemalloc
+import resource
 
 import pytest
 
@@ -11,6 +11,7 @@ from gan_prune.io import pickles, unpickler
 
 @pytest.fixture(scope='module')
 def tf_nets(golden_dir):
+    import legacy  # noqa: F401  (imported here, outside the measured allocations)
     with open(golden_dir / 'tf_legacy_res32.pkl', 'rb') as f:
         return unpickler.safe_load(f)
 
@@ -21,17 +22,14 @@ def tf_nets(golden_dir):
 def test_forged_size_kwargs_are_refused_without_allocating(tf_nets, kwarg, value):
     nets = copy.deepcopy(tf_nets)
     nets[2].static_kwargs = dict(nets[2].static_kwargs, **{kwarg: value})
-    tracemalloc.start()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; torch memory counts here
     started = time.monotonic()
-    try:
-        with pytest.raises(GanPruneError) as info:
-            pickles._convert_tf(nets, 'forged.pkl')
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    with pytest.raises(GanPruneError) as info:
+        pickles._convert_tf(nets, 'forged.pkl')
     message = str(info.value)
     assert message.startswith('forged.pkl: ') and '\n' not in message
-    assert peak < 200_000_000, f'{peak:,} bytes allocated'
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    assert grown_kib < 500_000, f'peak memory grew by {grown_kib:,} KiB'
     assert time.monotonic() - started < 60
 
 
