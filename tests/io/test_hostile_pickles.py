@@ -376,3 +376,13 @@ class _Carrier:
     def __reduce__(self):
         from torch_utils import persistence
         return persistence._reconstruct_persistent_obj, (self.meta,)
+
+
+def test_damaged_storage_key_is_one_line(tmp_path):
+    # Found by fuzzing: torch's reader asserts when a storage blob's key does not match its data.
+    blob = bytearray(storage_blob_of(torch.ones(2)))
+    key_end = blob.index(b'q\x02X\x03\x00\x00\x00cpu')  # the key string sits just before the location
+    blob[key_end - 1] = 48 + (blob[key_end - 1] - 47) % 10  # its last digit changed
+    stream = proto(2) + b'}' + text('G') + call(glob('torch.storage', '_load_from_bytes'), raw_bytes(bytes(blob)))
+    stream += b's' + STOP
+    assert 'damaged tensor storage (AssertionError)' in load_error(tmp_path, stream)
