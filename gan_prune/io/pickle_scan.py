@@ -126,14 +126,15 @@ def scan_pickle(f: BinaryIO, limits: ScanLimits = DEFAULT_LIMITS) -> ScanReport:
     simply damaged or truncated (the loader turns those into its own one-line messages).
     """
     start = f.tell()
-    reader = f if isinstance(f, BoundedReader) else BoundedReader(f)
+    # An in-memory stream never hands out more than it holds; a file gets a reader that asks for no more.
+    reader = f if isinstance(f, (BoundedReader, io.BytesIO)) else BoundedReader(f)
     try:
         return _simulate(reader, limits)
     finally:
         f.seek(start)
 
 
-def _simulate(reader: BoundedReader, limits: ScanLimits) -> ScanReport:
+def _simulate(reader: BinaryIO, limits: ScanLimits) -> ScanReport:
     report = ScanReport()
     stack: list[_Node] = []
     marks: list[int] = []

@@ -787,6 +787,9 @@ def _size_of(f: BinaryIO) -> int:
     return size - position
 
 
+IN_MEMORY_LIMIT = 1 << 30  # network pickles up to this size are read into memory before they are scanned
+
+
 def safe_load(f: BinaryIO, limits: 'pickle_scan.ScanLimits | None' = None) -> Any:
     """Unpickle a network pickle from `f` without executing any code it contains.
 
@@ -799,9 +802,12 @@ def safe_load(f: BinaryIO, limits: 'pickle_scan.ScanLimits | None' = None) -> An
     from gan_prune.io import pickle_scan
 
     limits = limits or pickle_scan.DEFAULT_LIMITS
-    reader = pickle_scan.BoundedReader(f)
+    reader: BinaryIO = pickle_scan.BoundedReader(f)
+    size = reader.size
+    if size <= IN_MEMORY_LIMIT:  # read once; both passes are then faster
+        reader = io.BytesIO(reader.read())
     pickle_scan.scan_pickle(reader, limits)
-    value = SafeUnpickler(reader, file_size=reader.size).load()
+    value = SafeUnpickler(reader, file_size=size).load()
     pickle_scan.check_loaded_value(value, limits)
     return value
 

@@ -84,8 +84,10 @@ def small_network_pickles(workdir: Path) -> dict[str, bytes]:
     and the golden TensorFlow-format pickle when present."""
     import gan_prune
     import dnnlib
+    import torch
     from training import networks
 
+    torch.manual_seed(0)
     G = networks.Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=8, img_channels=3,
                            mapping_kwargs={'num_layers': 1}, synthesis_kwargs={'channel_base': 16, 'channel_max': 4})
     D = networks.Discriminator(c_dim=0, img_resolution=8, img_channels=3, channel_base=16, channel_max=4)
