@@ -2,6 +2,8 @@
 is made safe to print in that line."""
 from __future__ import annotations
 
+import reprlib
+
 
 class GanPruneError(Exception):
     """A problem the user can fix: bad input, a missing file, a refused pickle, an impossible request.
@@ -42,11 +44,10 @@ def untrusted_text(text: str, limit: int | None = _UNTRUSTED_TEXT_LIMIT) -> str:
 def untrusted_repr(value: object, limit: int = _UNTRUSTED_TEXT_LIMIT) -> str:
     """A short, printable repr of a value read from a file: strings quoted, containers abbreviated.
 
-    reprlib bounds both the nesting and the length, so a deep or huge value costs little to describe.
+    reprlib bounds both the nesting and the length, so a deep or huge value costs little to describe; objects
+    of other types than the builtin ones appear as <TypeName>.
     """
-    import reprlib
-
-    shortener = reprlib.Repr()
+    shortener = _Shortener()
     shortener.maxstring = shortener.maxother = limit
     shortener.maxlevel = 3
     try:
@@ -54,6 +55,18 @@ def untrusted_repr(value: object, limit: int = _UNTRUSTED_TEXT_LIMIT) -> str:
     except Exception:  # pylint: disable=broad-except
         text = f'<{type(value).__name__}>'
     return untrusted_text(text, limit)
+
+
+class _Shortener(reprlib.Repr):
+    """reprlib with every object of a non-builtin type shown as <TypeName>: its own __repr__ is never run
+    (a tensor's is long, multi-line and slow)."""
+
+    _PLAIN = (int, float, bool, complex, bytes, bytearray, type(None))
+
+    def repr_instance(self, x: object, level: int) -> str:
+        if type(x) in self._PLAIN:
+            return super().repr_instance(x, level)
+        return f'<{type(x).__name__}>'
 
 
 def _escape_char(char: str) -> str:
