@@ -830,7 +830,11 @@ def referenced_globals(stream: bytes | BinaryIO) -> list[tuple[str, str]]:
 
     Follows the memo so that STACK_GLOBAL operands fetched with GET are resolved too.
     """
-    f = io.BytesIO(stream) if isinstance(stream, (bytes, bytearray)) else stream
+    from gan_prune.io import pickle_scan
+    if isinstance(stream, (bytes, bytearray)):
+        f: BinaryIO = io.BytesIO(stream)
+    else:  # a forged length must not make the file reader allocate it
+        f = stream if isinstance(stream, io.BytesIO) else pickle_scan.BoundedReader(stream)
     found: dict[tuple[str, str], None] = {}
     memo: dict[int, Any] = {}
     recent: list[Any] = []  # values of the latest pushes: a str for string pushes, else None

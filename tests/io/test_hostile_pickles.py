@@ -386,3 +386,15 @@ def test_damaged_storage_key_is_one_line(tmp_path):
     stream = proto(2) + b'}' + text('G') + call(glob('torch.storage', '_load_from_bytes'), raw_bytes(bytes(blob)))
     stream += b's' + STOP
     assert 'damaged tensor storage (AssertionError)' in load_error(tmp_path, stream)
+
+
+def test_listing_the_globals_of_a_forged_file_allocates_nothing(tmp_path):
+    path = load_file(tmp_path, proto(4) + b'\x8e' + struct.pack('<Q', 3_000_000_000) + b'x' * 20 + STOP)
+    tracemalloc.start()
+    try:
+        with open(path, 'rb') as f, pytest.raises(ValueError):
+            unpickler.referenced_globals(f)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000_000
