@@ -191,7 +191,7 @@ def _finish(data: Any, src: str, force_fp16: bool) -> dict:
     missing = [k for k in REQUIRED_MODULE_KEYS if k not in data]
     if missing:
         raise GanPruneError(f'{src} is not a StyleGAN2-ADA network pickle: it has no {", ".join(missing)} '
-                            f'(keys: {", ".join(map(str, list(data)[:8])) or "none"})')
+                            f'(keys: {untrusted_text(", ".join(map(str, list(data)[:8]))) or "none"})')
     data.setdefault('training_set_kwargs', None)
     data.setdefault('augment_pipe', None)
     for key in REQUIRED_MODULE_KEYS:
@@ -489,5 +489,5 @@ def _type_name(value: Any) -> str:
 
 
 def _one_line(e: BaseException | str) -> str:
-    text = ' '.join(str(e).split())
-    return text if len(text) <= 300 else text[:297] + '...'
+    # Exception texts may quote bytes or names from the file: escaped, on one line, bounded.
+    return untrusted_text(' '.join(str(e).split()), limit=300)

@@ -873,5 +873,5 @@ def disallowed_globals(globals_: Iterable[tuple[str, str]]) -> list[tuple[str, s
 
 
 def _one_line(e: BaseException | str) -> str:
-    text = ' '.join(str(e).split())
-    return text if len(text) <= 300 else text[:297] + '...'
+    # Exception texts may quote bytes or names from the file: escaped, on one line, bounded.
+    return untrusted_text(' '.join(str(e).split()), limit=300)

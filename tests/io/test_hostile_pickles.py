@@ -398,3 +398,8 @@ def test_listing_the_globals_of_a_forged_file_allocates_nothing(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 50_000_000
+
+
+def test_keys_from_the_file_are_escaped(tmp_path):
+    message = load_error(tmp_path, pickle.dumps({'weights\x1b[31m\nG': 1}))
+    assert 'weights\\x1b[31m\\nG' in message
