@@ -30,7 +30,7 @@ class ScanLimits:
     """Bounds for one pickle; the defaults leave ample room for every StyleGAN2-ADA network pickle."""
 
     max_depth: int = 100
-    max_expanded: int = 10_000_000
+    max_expanded: int = 2_000_000
 
 
 DEFAULT_LIMITS = ScanLimits()

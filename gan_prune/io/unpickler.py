@@ -25,6 +25,7 @@ import warnings
 from typing import Any, BinaryIO, Callable, Iterable
 
 from gan_prune.errors import GanPruneError, untrusted_repr, untrusted_text
+from gan_prune.io import pickle_scan
 
 PERSISTENT_RECONSTRUCT = ('torch_utils.persistence', '_reconstruct_persistent_obj')
 TF_NETWORK = ('dnnlib.tflib.network', 'Network')
@@ -480,8 +481,6 @@ def _check_storage_blob(blob: bytes) -> None:
     """A tensor storage is a nested legacy torch.save stream: five small pickles, then the raw data. The
     fourth pickle declares the storage's element count, which torch allocates before reading the data: no
     number in it may exceed the blob's size (every element takes at least one byte of it)."""
-    from gan_prune.io import pickle_scan
-
     f = io.BytesIO(blob)
     for index in range(5):
         start = f.tell()
@@ -790,7 +789,7 @@ def _size_of(f: BinaryIO) -> int:
 IN_MEMORY_LIMIT = 1 << 30  # network pickles up to this size are read into memory before they are scanned
 
 
-def safe_load(f: BinaryIO, limits: 'pickle_scan.ScanLimits | None' = None) -> Any:
+def safe_load(f: BinaryIO, limits: pickle_scan.ScanLimits | None = None) -> Any:
     """Unpickle a network pickle from `f` without executing any code it contains.
 
     The opcode stream is scanned first (pickle_scan: nesting, memo expansion, declared lengths), then loaded
@@ -799,8 +798,6 @@ def safe_load(f: BinaryIO, limits: 'pickle_scan.ScanLimits | None' = None) -> An
     TFNetworkStub for a TensorFlow pickle). Refusals raise GanPruneError; a broken stream raises pickle's
     own errors (UnpicklingError, EOFError, ...).
     """
-    from gan_prune.io import pickle_scan
-
     limits = limits or pickle_scan.DEFAULT_LIMITS
     reader: BinaryIO = pickle_scan.BoundedReader(f)
     size = reader.size
@@ -830,7 +827,6 @@ def referenced_globals(stream: bytes | BinaryIO) -> list[tuple[str, str]]:
 
     Follows the memo so that STACK_GLOBAL operands fetched with GET are resolved too.
     """
-    from gan_prune.io import pickle_scan
     if isinstance(stream, (bytes, bytearray)):
         f: BinaryIO = io.BytesIO(stream)
     else:  # a forged length must not make the file reader allocate it
