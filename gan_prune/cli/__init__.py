@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from gan_prune.errors import GanPruneError
+from gan_prune.errors import GanPruneError, untrusted_text
 
 # command name -> module defining `command` (a click.Command). Order is the pipeline order.
 COMMANDS = {
@@ -87,7 +87,8 @@ def _use_layer(ctx: click.Context, sg2ada_root: str | None) -> None:
 def _first_line(error: BaseException) -> tuple[str, bool]:
     """The first non-empty line of the error's message ('' if none), and whether more lines followed."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (lines[0] if lines else ''), len(lines) > 1
+    # Messages may quote names read from a file: no terminal control sequences reach the terminal.
+    return (untrusted_text(lines[0], limit=None) if lines else ''), len(lines) > 1
 
 
 def one_line(error: BaseException) -> str:

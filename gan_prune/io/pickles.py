@@ -18,10 +18,11 @@ import pickle
 import sys
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
-from gan_prune.errors import GanPruneError
+from gan_prune.errors import GanPruneError, untrusted_repr, untrusted_text
 from gan_prune.fileio import atomic_write_bytes
 from gan_prune.io import unpickler
 
@@ -126,8 +127,8 @@ def _load_safe(f: BinaryIO, src: str) -> Any:
         return unpickler.safe_load(f)
     except GanPruneError as e:
         raise GanPruneError(f'{src}: {e}', exit_code=e.exit_code) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            RuntimeError, OverflowError, UnicodeDecodeError, MemoryError) as e:
+    except (Exception, MemoryError) as e:  # pylint: disable=broad-except
+        # Only allowed functions run, on whatever the file holds: any failure of theirs means a damaged file.
         raise _describe_unreadable(f, src, e) from None
 
 
@@ -204,7 +205,7 @@ def _finish(data: Any, src: str, force_fp16: bool) -> dict:
     missing = [k for k in REQUIRED_MODULE_KEYS if k not in data]
     if missing:
         raise GanPruneError(f'{src} is not a StyleGAN2-ADA network pickle: it has no {", ".join(missing)} '
-                            f'(keys: {", ".join(map(str, list(data)[:8])) or "none"})')
+                            f'(keys: {untrusted_text(", ".join(map(str, list(data)[:8]))) or "none"})')
     data.setdefault('training_set_kwargs', None)
     data.setdefault('augment_pipe', None)
     for key in REQUIRED_MODULE_KEYS:
@@ -224,15 +225,64 @@ def _finish(data: Any, src: str, force_fp16: bool) -> dict:
 def _convert_tf(tf_nets: tuple, src: str) -> dict:
     import legacy
     tf_G, tf_D, tf_Gs = tf_nets
+    converters = ((legacy.convert_tf_generator, tf_G, 'G'), (legacy.convert_tf_discriminator, tf_D, 'D'),
+                  (legacy.convert_tf_generator, tf_Gs, 'G_ema'))
     try:
-        return dict(G=legacy.convert_tf_generator(tf_G), D=legacy.convert_tf_discriminator(tf_D),
-                    G_ema=legacy.convert_tf_generator(tf_Gs))
+        for convert, tf_net, key in converters:
+            _check_tf_sizes(convert, tf_net, key, src)
+        return {key: convert(tf_net) for convert, tf_net, key in converters}
     except ValueError as e:
         detail = ' '.join(map(str, e.args)) if e.args else str(e)
-        raise GanPruneError(f'{src}: cannot convert this TensorFlow pickle ({detail}); only StyleGAN2 config-F '
-                            f'and StyleGAN2-ADA TensorFlow networks are supported') from None
-    except (KeyError, AttributeError, TypeError) as e:
-        raise GanPruneError(f'{src}: malformed TensorFlow pickle ({type(e).__name__}: {_one_line(e)})') from None
+        raise GanPruneError(f'{src}: cannot convert this TensorFlow pickle ({untrusted_text(detail)}); only StyleGAN2 '
+                            f'config-F and StyleGAN2-ADA TensorFlow networks are supported') from None
+    except (KeyError, AttributeError, TypeError, IndexError, RuntimeError, AssertionError, ArithmeticError) as e:
+        raise GanPruneError(f'{src}: malformed TensorFlow pickle ({type(e).__name__}: '
+                            f'{untrusted_text(_one_line(e))})') from None
+
+
+# A converted network holds the TF variables plus a few buffers the toolkit computes (resampling filters).
+_TF_SIZE_SLACK = 1.05
+_TF_SIZE_EXTRA = 100_000
+
+
+def _check_tf_counts(tf_net: Any, key: str, src: str, held: int, num_variables: int) -> None:
+    # Before the dry run, which builds one fake layer per layer the settings ask for: no number may exceed what
+    # the file holds, no layer count the number of variables, and the resolution must be a power of two.
+    kwargs = getattr(tf_net, 'static_kwargs', None)
+    if not isinstance(kwargs, dict):
+        raise GanPruneError(f'{src}: malformed TensorFlow pickle ({key} has no settings dict)')
+    for name, value in kwargs.items():
+        if type(value) is int and not -1 <= value <= held:
+            raise GanPruneError(f'{src}: the TensorFlow {key} setting {untrusted_text(str(name))}={value:,} is larger '
+                                f'than the {held:,} values the file holds; it is forged or corrupt')
+    for name in ('mapping_layers', 'num_layers'):
+        if type(kwargs.get(name)) is int and kwargs[name] > num_variables:
+            raise GanPruneError(f'{src}: the TensorFlow {key} asks for {kwargs[name]:,} {name.replace("_", " ")} '
+                                f'but the file has only {num_variables:,} variables; it is forged or corrupt')
+    resolution = kwargs.get('resolution', 1024)
+    if type(resolution) is not int or resolution < 4 or resolution & (resolution - 1):
+        raise GanPruneError(f'{src}: the TensorFlow {key} has resolution {untrusted_repr(resolution)}, not a power '
+                            f'of two; it is forged or corrupt')
+
+
+def _check_tf_sizes(convert: Any, tf_net: Any, key: str, src: str) -> None:
+    """Convert `tf_net` once without allocating (fake tensors) and refuse it if the network its kwargs
+    describe is larger than the variables the file holds: forged kwargs (a resolution of 2**20) must not
+    allocate before the conversion finds that the variables are missing."""
+    import numpy as np
+
+    import legacy
+    variables = legacy._collect_tf_params(tf_net)  # pylint: disable=protected-access
+    held = sum(value.size if isinstance(value, np.ndarray) else 1 for value in variables.values())
+    _check_tf_counts(tf_net, key, src, held, len(variables))
+    from torch._subclasses.fake_tensor import FakeTensorMode  # tensors with shapes and no memory
+    with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        net = convert(tf_net)
+    needed = sum(t.numel() for t in [*net.parameters(), *net.buffers()])
+    if needed > held * _TF_SIZE_SLACK + _TF_SIZE_EXTRA:
+        raise GanPruneError(f'{src}: the TensorFlow {key} describes a network of {needed:,} values but the file '
+                            f'holds only {held:,}; its settings are forged or corrupt')
 
 
 def _rebuild_fp16(old: Any, key: str, src: str) -> Any:
@@ -453,5 +503,5 @@ def _type_name(value: Any) -> str:
 
 
 def _one_line(e: BaseException | str) -> str:
-    text = ' '.join(str(e).split())
-    return text if len(text) <= 300 else text[:297] + '...'
+    # Exception texts may quote bytes or names from the file: escaped, on one line, bounded.
+    return untrusted_text(' '.join(str(e).split()), limit=300)

@@ -168,7 +168,6 @@ def _populate_module(module: torch.nn.Module, rules: list[tuple[str, Callable[..
                     tensor.copy_(src)
             break
         else:
-            print(name, list(tensor.shape))
             raise ValueError(f'no TensorFlow variable for {name} {list(tensor.shape)}')
 
 
