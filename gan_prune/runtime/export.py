@@ -12,7 +12,8 @@ outputs as constants (the tracer's own words: the output "did not have observabl
 inputs"). And fp16 blocks would be traced in half precision, which CPU runtimes run 20-30x slower.
 So the exporter traces a copy whose parameters require grad, with grad mode on and ``force_fp32=True``: every
 inference-only shortcut steps aside, only standard operators remain, and the graph depends on z. (Where the
-layers have a single code path, the copy changes nothing; the export is the same.)
+layers have a single code path, the copy changes nothing; the export is the same.) Modulation is traced in its
+non-fused form (styles applied to the activations), so the batch dimension stays dynamic.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ class ExportedGenerator(torch.nn.Module):
             ws = self.G.mapping.w_avg.lerp(ws, psi.reshape([]))  # the mapping's own truncation, psi as a tensor
         else:
             ws = self.G.mapping(z, c, truncation_psi=self.truncation_psi)
-        return self.G.synthesis(ws, noise_mode=self.noise_mode, force_fp32=True)
+        # Non-fused modulation: the fused form is a grouped convolution with one group per sample, which fixes the
+        # batch size into the graph; modulating the activations instead keeps the batch dimension free.
+        return self.G.synthesis(ws, noise_mode=self.noise_mode, force_fp32=True, fused_modconv=False)
 
     def input_names(self) -> list[str]:
         return ['z'] + (['c'] if self.conditional else []) + (['psi'] if self.psi_input else [])

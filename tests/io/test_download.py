@@ -143,7 +143,8 @@ def test_load_network_pkl_over_http(tmp_path, serve_http):
     again = gan_prune.load_network_pkl(url, cache_dir=tmp_path / 'cache', trust=True)
     assert s.hits['/snap.pkl'] == 1
     z = torch.randn(2, 8)
-    with torch.no_grad():  # same op paths on both sides (CPU inference paths differ from autograd ones)
+    G.eval()  # loaded networks are in eval mode, which selects fused modulation: compare like with like
+    with torch.no_grad():
         expected = G(z, None, noise_mode='const')
         assert torch.equal(data['G_ema'](z, None, noise_mode='const'), expected)
         assert torch.equal(again['G_ema'](z, None, noise_mode='const'), expected)

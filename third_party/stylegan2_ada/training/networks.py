@@ -6,8 +6,8 @@ follow the published interface, so state dicts and network pickles are interchan
 The text of this module is embedded into every network pickle written with these classes, and the original
 environment executes it when loading. It therefore imports only numpy, torch, the standard library and the
 public torch_utils names that the original environment provides, and it is the reference model: one code path
-per layer, whatever the device, dtype or grad mode. Fast CPU inference is a separate runtime
-(gan_prune.runtime), chosen by the caller.
+per layer, whatever the device, dtype or grad mode. Fast CPU inference is a separate runtime,
+chosen by the caller, outside the code that snapshots embed.
 """
 
 import warnings

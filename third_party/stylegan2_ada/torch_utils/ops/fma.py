@@ -6,6 +6,8 @@ import torch
 
 def fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Return a*b + c (broadcast). Forward is torch.addcmul; gradients come back in the operands' shapes."""
+    if torch.jit.is_tracing():  # a tracer records forward ops only, and cannot record a Python autograd function
+        return torch.addcmul(c, a, b)
     return _FusedMultiplyAdd.apply(a, b, c)
 
 
