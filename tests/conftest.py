@@ -1,5 +1,8 @@
 """Shared fixtures: where the golden reference data lives, and deterministic small networks."""
+import collections
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,59 @@ def pytest_sessionstart(session):
     subprocess) first renders a narrow layer; on a machine without a compiler this only logs why not."""
     from torch_utils.ops import narrow_conv
     narrow_conv.kernels()
+
+
+# A local HTTP server for download tests (127.0.0.1 only; nothing leaves the machine).
+
+class LocalServer:
+    """Serves `routes` on 127.0.0.1 and counts requests.
+
+    A route is (status, body, declared_length or None), optionally with a 4th item of extra headers, or a
+    function handler -> None that writes the whole response itself (stalls, unusual encodings).
+    """
+
+    def __init__(self, routes):
+        self.routes = routes
+        self.hits = collections.Counter()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                path = self.path.split('#')[0]
+                server.hits[path] += 1
+                route = server.routes.get(path, (404, b'not found', None))
+                if callable(route):
+                    route(self)
+                    return
+                status, body, declared, *extra = route
+                self.send_response(status)
+                self.send_header('Content-Length', str(declared if declared is not None else len(body)))
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)  # a short body with a longer declared length = a dropped connection
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.base = f'http://127.0.0.1:{self.httpd.server_address[1]}'
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve_http():
+    """serve_http(routes) starts a LocalServer; every server is shut down when the test ends."""
+    servers = []
+
+    def start(routes):
+        servers.append(LocalServer(routes))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()

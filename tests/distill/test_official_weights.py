@@ -1,8 +1,6 @@
 """The release's weights files: where they come from, the checked download into the cache, the offline message."""
 import hashlib
-import http.server
 import os
-import threading
 
 import pytest
 import torch
@@ -13,33 +11,9 @@ from gan_prune.errors import GanPruneError
 from gan_prune.io import trusted
 
 
-class _Server:
-    """Serves {path: bytes} on 127.0.0.1 (nothing leaves the machine) and counts requests."""
-
-    def __init__(self, files):
-        self.files, self.hits = files, []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                server.hits.append(self.path)
-                body = server.files.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header('Content-Length', str(len(body or b'')))
-                self.send_header('Content-Type', 'application/octet-stream')
-                self.end_headers()
-                self.wfile.write(body or b'')
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.base = f'http://127.0.0.1:{self.httpd.server_address[1]}'
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def serve_files(serve_http, files):
+    """A local server (the serve_http fixture) answering each {path: bytes} with 200 and counting requests."""
+    return serve_http({path: (200, body, None) for path, body in files.items()})
 
 
 @pytest.fixture
@@ -108,49 +82,44 @@ def test_files_of_the_release_name_in_the_weights_folder_are_found(no_local_file
         f'clip:RN50={folder / "RN50.pt"}', f'dino-resnet50={folder / "dino_resnet50_pretrain.pth"}']
 
 
-def test_download_once_into_the_cache_with_checksums(no_local_files, online, monkeypatch, capsys):
+def test_download_once_into_the_cache_with_checksums(no_local_files, online, monkeypatch, capsys, serve_http):
     clip_bytes, dino_bytes = _state_bytes(no_local_files, 0), _state_bytes(no_local_files, 1)
     clip_sha = hashlib.sha256(clip_bytes).hexdigest()
-    server = _Server({f'/clip/models/{clip_sha}/RN50.pt': clip_bytes, '/dino/dino_resnet50_pretrain.pth': dino_bytes})
-    try:
-        monkeypatch.setattr(ow, 'clip_rn50_url', lambda: f'{server.base}/clip/models/{clip_sha}/RN50.pt')
-        monkeypatch.setattr(ow, 'DINO_RESNET50_URL', f'{server.base}/dino/dino_resnet50_pretrain.pth')
-        entries = ow.resolve_embed_weights(['clip:RN50', 'dino-resnet50'], [], progress=False)
-        paths = dict(e.split('=', 1) for e in entries)
-        assert open(paths['clip:RN50'], 'rb').read() == clip_bytes
-        assert open(paths['dino-resnet50'], 'rb').read() == dino_bytes
-        assert paths['clip:RN50'].startswith(str(no_local_files / 'cache'))
-        out = capsys.readouterr().out
-        assert f'sha256 {clip_sha}' in out and 'no published checksum' in out
-        assert hashlib.sha256(dino_bytes).hexdigest() in out  # the DINO file's checksum is printed for the record
-        # A second run uses the cache, even offline.
-        monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-        assert ow.resolve_embed_weights(['clip:RN50', 'dino-resnet50'], [], progress=False) == entries
-        assert len(server.hits) == 2
-    finally:
-        server.close()
+    server = serve_files(serve_http, {f'/clip/models/{clip_sha}/RN50.pt': clip_bytes,
+                                      '/dino/dino_resnet50_pretrain.pth': dino_bytes})
+    monkeypatch.setattr(ow, 'clip_rn50_url', lambda: f'{server.base}/clip/models/{clip_sha}/RN50.pt')
+    monkeypatch.setattr(ow, 'DINO_RESNET50_URL', f'{server.base}/dino/dino_resnet50_pretrain.pth')
+    entries = ow.resolve_embed_weights(['clip:RN50', 'dino-resnet50'], [], progress=False)
+    paths = dict(e.split('=', 1) for e in entries)
+    assert open(paths['clip:RN50'], 'rb').read() == clip_bytes
+    assert open(paths['dino-resnet50'], 'rb').read() == dino_bytes
+    assert paths['clip:RN50'].startswith(str(no_local_files / 'cache'))
+    out = capsys.readouterr().out
+    assert f'sha256 {clip_sha}' in out and 'no published checksum' in out
+    assert hashlib.sha256(dino_bytes).hexdigest() in out  # the DINO file's checksum is printed for the record
+    # A second run uses the cache, even offline.
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    assert ow.resolve_embed_weights(['clip:RN50', 'dino-resnet50'], [], progress=False) == entries
+    assert sum(server.hits.values()) == 2
 
 
-def test_a_file_that_fails_its_checksum_never_stays_in_the_cache(no_local_files, online, monkeypatch):
+def test_a_file_that_fails_its_checksum_never_stays_in_the_cache(no_local_files, online, monkeypatch, serve_http):
     good, bad = _state_bytes(no_local_files, 0), _state_bytes(no_local_files, 1)
     sha = hashlib.sha256(good).hexdigest()
-    server = _Server({f'/{sha}/RN50.pt': bad, '/vgg16.pth': bad})
-    try:
-        monkeypatch.setattr(ow, 'clip_rn50_url', lambda: f'{server.base}/{sha}/RN50.pt')
-        monkeypatch.setattr(ow, 'VGG16_URL', f'{server.base}/vgg16.pth')
-        with pytest.raises(GanPruneError, match='checksum mismatch') as e:
-            ow.fetch('clip:RN50', progress=False)
-        assert '\n' not in str(e.value) and '--embed-weights clip:RN50=RN50.pt' in str(e.value)
-        with pytest.raises(GanPruneError, match='sha256 starting 397923af'):
-            ow.fetch('vgg16', progress=False)
-        cache = no_local_files / 'cache' / 'downloads'
-        assert not cache.exists() or os.listdir(cache) == []
-        # torchvision-style prefix: a file whose sha256 starts with the published prefix is kept.
-        monkeypatch.setattr(ow, 'VGG16_SHA256_PREFIX', hashlib.sha256(bad).hexdigest()[:8])
-        path = ow.fetch('vgg16', progress=False)
-        assert open(path, 'rb').read() == bad
-    finally:
-        server.close()
+    server = serve_files(serve_http, {f'/{sha}/RN50.pt': bad, '/vgg16.pth': bad})
+    monkeypatch.setattr(ow, 'clip_rn50_url', lambda: f'{server.base}/{sha}/RN50.pt')
+    monkeypatch.setattr(ow, 'VGG16_URL', f'{server.base}/vgg16.pth')
+    with pytest.raises(GanPruneError, match='checksum mismatch') as e:
+        ow.fetch('clip:RN50', progress=False)
+    assert '\n' not in str(e.value) and '--embed-weights clip:RN50=RN50.pt' in str(e.value)
+    with pytest.raises(GanPruneError, match='sha256 starting 397923af'):
+        ow.fetch('vgg16', progress=False)
+    cache = no_local_files / 'cache' / 'downloads'
+    assert not cache.exists() or os.listdir(cache) == []
+    # torchvision-style prefix: a file whose sha256 starts with the published prefix is kept.
+    monkeypatch.setattr(ow, 'VGG16_SHA256_PREFIX', hashlib.sha256(bad).hexdigest()[:8])
+    path = ow.fetch('vgg16', progress=False)
+    assert open(path, 'rb').read() == bad
 
 
 def test_distill_offline_with_the_default_dime_stops_with_one_line(no_local_files, offline, capsys):
@@ -166,25 +135,22 @@ def test_distill_offline_with_the_default_dime_stops_with_one_line(no_local_file
     assert not os.path.exists(no_local_files / 'runs')  # nothing was written
 
 
-def test_the_run_records_the_files_it_fetched(no_local_files, online, monkeypatch):
+def test_the_run_records_the_files_it_fetched(no_local_files, online, monkeypatch, serve_http):
     from gan_prune.distill import loop
     payload = _state_bytes(no_local_files, 2)
     monkeypatch.setattr(ow, 'VGG16_SHA256_PREFIX', hashlib.sha256(payload).hexdigest()[:8])
     clip_sha = hashlib.sha256(payload).hexdigest()
-    server = _Server({'/vgg16.pth': payload, f'/{clip_sha}/RN50.pt': payload, '/dino.pth': payload})
-    try:
-        monkeypatch.setattr(ow, 'VGG16_URL', f'{server.base}/vgg16.pth')
-        monkeypatch.setattr(ow, 'clip_rn50_url', lambda: f'{server.base}/{clip_sha}/RN50.pt')
-        monkeypatch.setattr(ow, 'DINO_RESNET50_URL', f'{server.base}/dino.pth')
-        required = dict(teacher='t.pkl', student='s.pkl', data='d.zip')
-        cagan = loop.fetch_weights(loop.resolve_options(dict(required, kd='cagan', cagan_mask='none')), progress=False)
-        assert cagan['cagan_net'].startswith('lpips-vgg:') and os.path.isfile(cagan['cagan_net'].split(':', 1)[1])
-        assert cagan['embed_weights'] == []  # --kd cagan runs no DiME: nothing fetched for it
-        method = loop.fetch_weights(loop.resolve_options(dict(required, embed_weights=['dino-resnet50=/my/dino.pth'])),
-                                    progress=False)
-        entries = dict(e.split('=', 1) for e in method['embed_weights'])
-        assert entries['dino-resnet50'] == '/my/dino.pth' and os.path.isfile(entries['clip:RN50'])
-        assert method['cagan_net'] == 'lpips-vgg'
-        assert sorted(server.hits) == sorted(['/vgg16.pth', f'/{clip_sha}/RN50.pt'])
-    finally:
-        server.close()
+    server = serve_files(serve_http, {'/vgg16.pth': payload, f'/{clip_sha}/RN50.pt': payload, '/dino.pth': payload})
+    monkeypatch.setattr(ow, 'VGG16_URL', f'{server.base}/vgg16.pth')
+    monkeypatch.setattr(ow, 'clip_rn50_url', lambda: f'{server.base}/{clip_sha}/RN50.pt')
+    monkeypatch.setattr(ow, 'DINO_RESNET50_URL', f'{server.base}/dino.pth')
+    required = dict(teacher='t.pkl', student='s.pkl', data='d.zip')
+    cagan = loop.fetch_weights(loop.resolve_options(dict(required, kd='cagan', cagan_mask='none')), progress=False)
+    assert cagan['cagan_net'].startswith('lpips-vgg:') and os.path.isfile(cagan['cagan_net'].split(':', 1)[1])
+    assert cagan['embed_weights'] == []  # --kd cagan runs no DiME: nothing fetched for it
+    method = loop.fetch_weights(loop.resolve_options(dict(required, embed_weights=['dino-resnet50=/my/dino.pth'])),
+                                progress=False)
+    entries = dict(e.split('=', 1) for e in method['embed_weights'])
+    assert entries['dino-resnet50'] == '/my/dino.pth' and os.path.isfile(entries['clip:RN50'])
+    assert method['cagan_net'] == 'lpips-vgg'
+    assert sorted(server.hits.elements()) == sorted(['/vgg16.pth', f'/{clip_sha}/RN50.pt'])
