@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import sys
 import time
 
 import numpy as np
 import torch
+
+from gan_prune.core import bench
+
+BENCH_MD = bench.repo_file(__file__, 'docs', 'benchmarks.md')
 
 
 def render(G: torch.nn.Module, num: int, seed: int, batch: int = 256) -> torch.Tensor:
@@ -71,19 +73,18 @@ def main() -> None:
             mse = float((student.clamp(-1, 1) - paired.clamp(-1, 1)).square().mean())
             rows.append(f'| {rate} | {result.data["pruning"]["rate"]:.4f} | {gain} | {fd:.3f} | {mse:.4f} |')
             print(rows[-1], flush=True)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import benchmd
-    command = 'python tools/bench_torgb_gain.py ' + ' '.join(sys.argv[1:])
+    command = bench.command_line('bench_torgb_gain.py')
     text = '\n'.join([
         '### toRGB gain right after pruning (bundled teacher, no fine-tuning)', '',
-        f'Measured {datetime.date.today().isoformat()} on: {benchmd.machine_line()}.', '',
+        f'Measured {datetime.date.today().isoformat()} on: {bench.machine_line()}.', '',
         f'Command: `{command.strip()}` ({time.time() - started:.0f} s). One content-aware scoring per rate '
         f'({args.prune_samples} images, --mask {args.mask}); the same kept channels sliced with each gain. FD on '
         f'{args.num} images per model against independent teacher samples; MSE per pixel in [-1, 1] against the '
         f'teacher image of the same z.', '',
         *rows])
-    benchmd.write_section('torgb-gain', text)
-    print(f'\nwrote section "torgb-gain" of {benchmd.BENCH_MD}')
+    bench.write_section('torgb-gain', text, BENCH_MD)
+    print(f'\nwrote section "torgb-gain" of {BENCH_MD}')
+
 
 if __name__ == '__main__':
     main()
