@@ -9,7 +9,7 @@ import os
 import socket
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import IO, Any, Callable, Iterable, Mapping
 
 from gan_prune.errors import GanPruneError
 
@@ -32,7 +32,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
         os.chmod(tmp, default_file_mode())
-        with os.fdopen(fd, 'wb' if binary else 'w', **({} if binary else {'encoding': 'utf-8'})) as f:
+        f: IO[Any] = os.fdopen(fd, 'wb') if binary else os.fdopen(fd, 'w', encoding='utf-8')
+        with f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

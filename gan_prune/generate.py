@@ -37,7 +37,7 @@ def force_fp32_for(precision: str, device: torch.device) -> bool:
 
 def parse_seeds(text: str) -> list[int]:
     """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (ranges inclusive, order kept)."""
-    seeds = []
+    seeds: list[int] = []
     for item in str(text).replace(' ', '').split(','):
         if not item:
             continue
@@ -145,8 +145,8 @@ def render_projected(G: torch.nn.Module, ws: np.ndarray, noise_mode: str = 'cons
 
 def generate_images(src: str, outdir: str, seeds: list[int] | None = None, truncation_psi: float = 1.0,
                     noise_mode: str = 'const', class_idx: int | None = None, projected_w: str | None = None,
-                    grid: bool = True, device: str = 'cpu', precision: str = 'auto', trust: bool = False,
-                    progress: bool = False, log=None, backend: str = 'eager') -> list[str]:
+                    grid: bool = True, device: str | torch.device = 'cpu', precision: str = 'auto',
+                    trust: bool = False, progress: bool = False, log=None, backend: str = 'eager') -> list[str]:
     """Render `seeds` (or a projected-W npz) of the G_ema in pickle `src` into `outdir`; returns written paths.
 
     `backend` names a runtime backend (gan_prune.runtime.backends.BACKENDS); 'eager' renders exactly as the
@@ -163,6 +163,7 @@ def generate_images(src: str, outdir: str, seeds: list[int] | None = None, trunc
     if run is not None:
         if projected_w is not None:
             raise GanPruneError(f'{src} is an exported model (z in, img out); --projected-w needs a network pickle')
+        assert seeds is not None  # one of seeds, projected_w is given (checked above)
         return _write_images(outdir, render_seeds_with(run, seeds, truncation_psi, noise_mode, class_idx),
                              lambda s: f'seed{s:04d}.png', len(seeds), grid, progress)
     data = load_network_pkl(src, trust=trust)
@@ -182,11 +183,13 @@ def generate_images(src: str, outdir: str, seeds: list[int] | None = None, trunc
         items = render_projected(G, ws, noise_mode, device, precision)
         names, total = (lambda i: f'proj{i:02d}.png'), len(ws)
     elif backend != 'eager':
+        assert seeds is not None  # one of seeds, projected_w is given (checked above)
         runs_on_cpu_only = not BACKENDS.info(backend).get('needs_module', True)  # onnxruntime, torchscript
         run = BACKENDS.build(backend, G, device='cpu' if runs_on_cpu_only and requested == 'auto' else device)
         items = render_seeds_with(run, seeds, truncation_psi, noise_mode, class_idx)
         names, total = (lambda s: f'seed{s:04d}.png'), len(seeds)
     else:
+        assert seeds is not None  # one of seeds, projected_w is given (checked above)
         items = render_seeds(G, seeds, truncation_psi, noise_mode, class_idx, device, precision)
         names, total = (lambda s: f'seed{s:04d}.png'), len(seeds)
     return _write_images(outdir, items, names, total, grid, progress)

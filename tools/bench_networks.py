@@ -14,6 +14,7 @@ Writes the "networks" section of docs/benchmarks.md (median ms per image, batch 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -71,14 +72,14 @@ def ref_bias_act(x, b, act='linear', gain=1.0, clamp=None):
 
 
 def ref_modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, f=None, demodulate=True, flip_weight=True):
-    N, I = styles.shape
-    O, _, kh, kw = weight.shape
+    N, in_ch = styles.shape
+    out_ch, _, kh, kw = weight.shape
     w = weight[None] * styles[:, None, :, None, None]
     if demodulate:
         w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()[:, :, None, None, None]
-    x = ref_conv2d_resample(x.reshape(1, N * I, *x.shape[2:]), w.reshape(N * O, I, kh, kw), f=f, up=up,
-                            padding=padding, groups=N, flip_weight=flip_weight)
-    x = x.reshape(N, O, *x.shape[2:])
+    x = ref_conv2d_resample(x.reshape(1, N * in_ch, *x.shape[2:]), w.reshape(N * out_ch, in_ch, kh, kw), f=f,
+                            up=up, padding=padding, groups=N, flip_weight=flip_weight)
+    x = x.reshape(N, out_ch, *x.shape[2:])
     return x + noise if noise is not None else x
 
 
@@ -263,7 +264,8 @@ def bench_res(res: int, repeats: int, batch: int, threads: int, clock: str, with
     cases = [('G', 'forward', g_fwd), ('G', 'forward+backward', g_fwd_bwd),
              ('D', 'forward', d_fwd), ('D', 'forward+backward', d_fwd_bwd)]
     for net, name, fn in cases:
-        fns = [lambda: fn(True), lambda: fn(False)] + ([g_fwd_generic] if with_generic and fn is g_fwd else [])
+        fns = [functools.partial(fn, True), functools.partial(fn, False)]
+        fns += [g_fwd_generic] if with_generic and fn is g_fwd else []
         ms = [t / batch for t in median_ms(fns, repeats, clock)]
         rows.append(dict(res=res, net=net, name=name, ours=ms[0], base=ms[1], generic=ms[2] if len(ms) > 2 else None))
         extra = f'   device-independent path {ms[2]:8.1f}' if len(ms) > 2 else ''

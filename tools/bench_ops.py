@@ -56,7 +56,7 @@ def plain_conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_
             return F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
         return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
 
-    O, Ig, kh, kw = w.shape
+    out_ch, Ig, kh, kw = w.shape
     fw, fh = upfirdn2d._get_filter_size(f)
     px0, px1, py0, py1 = upfirdn2d._parse_padding(padding)
     if up > 1:
@@ -74,8 +74,9 @@ def plain_conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_
         x = plain_upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter)
         return conv(x, w, stride=down, flip=flip_weight)
     if up > 1:
+        out_per_group = out_ch // groups
         w = w.transpose(0, 1) if groups == 1 else \
-            w.reshape(groups, O // groups, Ig, kh, kw).transpose(1, 2).reshape(groups * Ig, O // groups, kh, kw)
+            w.reshape(groups, out_per_group, Ig, kh, kw).transpose(1, 2).reshape(groups * Ig, out_per_group, kh, kw)
         px0, px1, py0, py1 = px0 - (kw - 1), px1 - (kw - up), py0 - (kh - 1), py1 - (kh - up)
         cx, cy = max(min(-px0, -px1), 0), max(min(-py0, -py1), 0)
         x = conv(x, w, stride=up, padding=[cy, cx], transpose=True, flip=not flip_weight)

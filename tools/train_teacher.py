@@ -71,7 +71,7 @@ def main(data, outdir, out, kimg, batch, lr, gamma, ema_kimg, tick, snap, seed, 
         try:
             export_generator(export_snapshot, out)
         except GanPruneError as e:
-            raise click.ClickException(str(e))
+            raise click.ClickException(str(e)) from e
         click.echo(f'teacher written to {out} ({os.path.getsize(out) / 2**20:.2f} MiB)')
         return
     if not data and not resume:
@@ -93,7 +93,7 @@ def main(data, outdir, out, kimg, batch, lr, gamma, ema_kimg, tick, snap, seed, 
             export_generator(snaps[-1], out)
             click.echo(f'teacher written to {out} ({os.path.getsize(out) / 2**20:.2f} MiB)')
     except GanPruneError as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from e
     click.echo(f'done in {(time.time() - t0) / 60:.1f} min; run directory {run_dir}')
 
 

@@ -22,7 +22,7 @@ import pickletools
 import re
 import types
 import warnings
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO, Callable, ClassVar, Iterable, cast
 
 from gan_prune.errors import GanPruneError, untrusted_repr, untrusted_text
 from gan_prune.io import pickle_scan
@@ -219,7 +219,7 @@ def rebuild_persistent_obj(meta: Any) -> Any:
     if not isinstance(meta.class_name, str) or not isinstance(meta.state, dict):
         raise GanPruneError('malformed network object in the pickle (class_name or state has the wrong type)')
 
-    cls = resolve_known_class(meta.class_name)
+    cls: Any = resolve_known_class(meta.class_name)  # Any: the checker reads cls.__new__ as type.__new__
     if issubclass(cls, torch.nn.Module):
         _check_module_state(meta.class_name, meta.state)
     obj = cls.__new__(cls)  # no __init__: the state holds everything
@@ -436,7 +436,8 @@ def _rebuild_tensor_args(unpickler: 'SafeUnpickler', args: tuple) -> tuple:
 def _rebuild_tensor_v2_args(unpickler: 'SafeUnpickler', args: tuple) -> tuple:
     if not 6 <= len(args) <= 7:
         raise _refuse('torch _rebuild_tensor_v2', f'with {len(args)} arguments')
-    _check_tensor_view(*args[:4], where='torch _rebuild_tensor_v2')
+    storage, offset, size, stride = args[:4]
+    _check_tensor_view(storage, offset, size, stride, where='torch _rebuild_tensor_v2')
     if type(args[4]) is not bool:
         raise _refuse('torch _rebuild_tensor_v2', 'with a requires_grad that is not True or False')
     _check_no_hooks(args[5], 'torch _rebuild_tensor_v2')
@@ -464,7 +465,8 @@ def _rebuild_from_type_args(unpickler: 'SafeUnpickler', args: tuple) -> tuple:
     func, new_type, inner_args, state = args
     if new_type not in (torch.Tensor, torch.nn.Parameter):
         raise _refuse(where, f'to make a {untrusted_text(getattr(new_type, "__name__", type(new_type).__name__))}')
-    inner_check = _TENSOR_REBUILDERS.get(unpickler.label_of(func))
+    label = unpickler.label_of(func)
+    inner_check = _TENSOR_REBUILDERS.get(label) if label is not None else None
     if inner_check is None:
         raise _refuse(where, 'with a function that does not rebuild tensors')
     _check_attribute_state(state, where)
@@ -573,7 +575,12 @@ class SafeUnpickler(_PurePythonUnpickler):
     - `file_size` bounds every size the stream asks to allocate.
     """
 
-    dispatch = dict(_PurePythonUnpickler.dispatch)
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(_PurePythonUnpickler.dispatch)
+    # Set or defined by the pure-Python unpickler, which typeshed's pickle._Unpickler stub does not declare.
+    proto: int
+    stack: list[Any]
+    append: Callable[[Any], None]
+    pop_mark: Callable[[], list[Any]]
 
     def __init__(self, f: BinaryIO, file_size: int | None = None):
         super().__init__(f)
@@ -702,6 +709,10 @@ def _require_type(target: Any, kind: type, opcode: str) -> Any:
     return target
 
 
+def _qualified_name(value: Any) -> str:
+    return str(getattr(value, '__qualname__', type(value).__name__))
+
+
 def _apply_build(inst: Any, state: Any) -> None:
     """BUILD: set the state of `inst` without looking anything up on it (an EasyDict answers any attribute)."""
     import numpy as np
@@ -709,7 +720,7 @@ def _apply_build(inst: Any, state: Any) -> None:
 
     if isinstance(inst, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)):
         raise GanPruneError(f'refusing to load: the pickle tries to set attributes on '
-                            f'{untrusted_text(getattr(inst, "__qualname__", type(inst).__name__))} itself, which '
+                            f'{untrusted_text(_qualified_name(inst))} itself, which '
                             f'would change it for the whole process; it is forged')
     if type(inst) is np.ndarray:
         np.ndarray.__setstate__(inst, _checked_array_state(state))
@@ -766,7 +777,7 @@ def _build_dtype(dtype: Any, state: Any) -> None:
     if type(itemsize) is not int or (not flexible and itemsize not in (-1, dtype.itemsize)) or \
             (flexible and (itemsize < 0 or itemsize % (4 if dtype.kind == 'U' else 1))):
         raise _refuse('numpy dtype state', f'with item size {untrusted_repr(itemsize)} for {dtype}')
-    np.dtype.__setstate__(dtype, state)
+    np.dtype.__setstate__(dtype, state)  # type: ignore[attr-defined]  # numpy's stubs omit dtype.__setstate__
     _check_dtype(dtype, 'numpy dtype state')
 
 
@@ -786,6 +797,11 @@ def _size_of(f: BinaryIO) -> int:
     return size - position
 
 
+def _as_binary_file(reader: pickle_scan.BoundedReader) -> BinaryIO:
+    # A raw binary file (read, readline, seek, tell); typing.BinaryIO is nominal, so the checker does not see it as one.
+    return cast(BinaryIO, reader)
+
+
 IN_MEMORY_LIMIT = 1 << 30  # network pickles up to this size are read into memory before they are scanned
 
 
@@ -799,8 +815,9 @@ def safe_load(f: BinaryIO, limits: pickle_scan.ScanLimits | None = None) -> Any:
     own errors (UnpicklingError, EOFError, ...).
     """
     limits = limits or pickle_scan.DEFAULT_LIMITS
-    reader: BinaryIO = pickle_scan.BoundedReader(f)
-    size = reader.size
+    bounded = pickle_scan.BoundedReader(f)
+    size = bounded.size
+    reader = _as_binary_file(bounded)
     if size <= IN_MEMORY_LIMIT:  # read once; both passes are then faster
         reader = io.BytesIO(reader.read())
     pickle_scan.scan_pickle(reader, limits)
@@ -830,9 +847,9 @@ def referenced_globals(stream: bytes | BinaryIO) -> list[tuple[str, str]]:
     if isinstance(stream, (bytes, bytearray)):
         f: BinaryIO = io.BytesIO(stream)
     else:  # a forged length must not make the file reader allocate it
-        f = stream if isinstance(stream, io.BytesIO) else pickle_scan.BoundedReader(stream)
+        f = stream if isinstance(stream, io.BytesIO) else _as_binary_file(pickle_scan.BoundedReader(stream))
     found: dict[tuple[str, str], None] = {}
-    memo: dict[int, Any] = {}
+    memo: dict[Any, Any] = {}  # memo index (an int for the memo opcodes) -> value
     recent: list[Any] = []  # values of the latest pushes: a str for string pushes, else None
     for opcode, arg, _ in pickletools.genops(f):
         name = opcode.name
@@ -850,12 +867,12 @@ def referenced_globals(stream: bytes | BinaryIO) -> list[tuple[str, str]]:
         elif name in ('FRAME', 'PROTO'):
             continue  # framing can fall between the two operands of STACK_GLOBAL
         elif name == 'GLOBAL':
-            module, _, attr = arg.partition(' ')
+            module, _, attr = str(arg).partition(' ')
             found[(module, attr)] = None
             recent.append(None)
         elif name == 'STACK_GLOBAL':
-            module, attr = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
-            found[(str(module), str(attr))] = None
+            pushed = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
+            found[(str(pushed[0]), str(pushed[1]))] = None
             recent.append(None)
         else:
             recent.append(None)

@@ -141,6 +141,8 @@ class CpuKernelsGenerator(torch.nn.Module):
                 raise GanPruneError(f'this generator is conditional: pass a label c of {mapping.c_dim} values')
             y = normalize_2nd_moment(self._linear(mapping.embed, c.to(torch.float32)))
             x = torch.cat([x, y], dim=1) if x is not None else y
+        if x is None:
+            raise GanPruneError('this generator has neither a latent z nor a label c (z_dim = c_dim = 0)')
         for idx in range(mapping.num_layers):
             x = self._linear(getattr(mapping, f'fc{idx}'), x)
         x = x.unsqueeze(1).repeat([1, mapping.num_ws, 1])
@@ -164,6 +166,7 @@ class CpuKernelsGenerator(torch.nn.Module):
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb).unbind(dim=1)
             w_idx += block.num_conv
             x, img = self._block(block, x, img, block_ws, noise_mode)
+        assert img is not None  # every synthesis network has at least one block
         return img
 
     def _block(self, block, x, img, ws, noise_mode):

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import torch
 
 from gan_prune.errors import GanPruneError
-from gan_prune.fileio import atomic_write
+from gan_prune.fileio import atomic_write, atomic_write_bytes
 from gan_prune.runtime import webassets
 
 FORMATS = ('onnx', 'torchscript', 'web')
@@ -289,7 +289,7 @@ def export_web(G: torch.nn.Module, out: str, truncation_psi: float = 0.7, noise_
                      ort_web_version=webassets.ort_web_version(dist))
         atomic_write(os.path.join(tmp, 'model.json'), lambda f: f.write(json.dumps(facts, indent=2).encode()))
         for name in webassets.PAGE_FILES:
-            atomic_write(os.path.join(tmp, name), lambda f, n=name: f.write(webassets.page_source(n)))
+            atomic_write_bytes(os.path.join(tmp, name), webassets.page_source(name))
         os.makedirs(os.path.join(tmp, 'ort'))
         for name in webassets.ORT_WEB_FILES:
             shutil.copyfile(os.path.join(dist, name), os.path.join(tmp, 'ort', name))

@@ -95,8 +95,8 @@ class OnnxRuntimeBackend(ExportedBackend):
             raise GanPruneError('the onnxruntime backend runs on the CPU; pass --device cpu')
         self.threads = threads
         self.G = G if isinstance(G, torch.nn.Module) else None
-        self.noise_mode = None  # for a module: the noise mode of the model exported last (one per mode)
-        if self.G is None:
+        self.noise_mode: str | None = None  # for a module: the noise mode of the model exported last (one per mode)
+        if not isinstance(G, torch.nn.Module):
             with open(G, 'rb') as f:
                 self._load(f.read())
 
@@ -146,8 +146,8 @@ class TorchScriptBackend(ExportedBackend):
         if torch.device(device).type != 'cpu':
             raise GanPruneError('the torchscript backend runs on the CPU; pass --device cpu')
         self.G = G if isinstance(G, torch.nn.Module) else None
-        self.noise_mode = None  # for a module: the noise mode of the module traced last (one per mode)
-        if self.G is None:
+        self.noise_mode: str | None = None  # for a module: the noise mode of the module traced last (one per mode)
+        if not isinstance(G, torch.nn.Module):
             self._load(G)
 
     def _load(self, source: str | io.BytesIO) -> None:
@@ -224,7 +224,7 @@ def _value_info(value) -> dict[str, Any]:
 
 def _shape_from_facts(name: str, facts: dict[str, Any]) -> list:
     batch = facts.get('batch') or 'batch'
-    shapes = dict(z=[batch, facts.get('z_dim')], c=[batch, facts.get('c_dim')], psi=[1],
+    shapes: dict[str, list[Any]] = dict(z=[batch, facts.get('z_dim')], c=[batch, facts.get('c_dim')], psi=[1],
                   img=[batch, facts.get('img_channels'), facts.get('img_resolution'), facts.get('img_resolution')])
     return shapes.get(name, [])
 

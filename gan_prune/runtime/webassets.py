@@ -16,8 +16,7 @@ import shutil
 import tarfile
 import tempfile
 from importlib import resources
-from typing import Any
-
+from typing import TYPE_CHECKING, Any
 
 from gan_prune.errors import GanPruneError
 
@@ -79,7 +78,7 @@ def umask() -> int:
 
 
 def page_source(name: str) -> bytes:
-    return resources.files('gan_prune.runtime').joinpath('web', name).read_bytes()
+    return resources.files('gan_prune.runtime').joinpath('web').joinpath(name).read_bytes()  # one name per call on Python 3.10
 
 
 def check_out_folder(out: str) -> None:
@@ -91,6 +90,9 @@ def check_out_folder(out: str) -> None:
 
 
 # --- serving the folder and driving a headless browser (the browser test and tools/bench_web.py)
+
+if TYPE_CHECKING:
+    import http.server
 
 CHROMIUM_CANDIDATES = ('/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome')
 
@@ -107,7 +109,7 @@ class serve_folder:
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        self.server = None
+        self.server: http.server.ThreadingHTTPServer | None = None
         self.url = ''
 
     def __enter__(self) -> 'serve_folder':
@@ -124,12 +126,14 @@ class serve_folder:
                 pass
 
         handler = functools.partial(Handler, directory=self.folder)
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f'http://127.0.0.1:{self.server.server_address[1]}/'
+        server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.server = server
+        self.url = f'http://127.0.0.1:{server.server_address[1]}/'
         return self
 
     def __exit__(self, *exc) -> None:
+        assert self.server is not None  # set by __enter__
         self.server.shutdown()
         self.server.server_close()
 

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from gan_prune.errors import GanPruneError
-from gan_prune.prune.importance import (CRITERIA, ContentAwareImportance, DiversityImportance,
-                                        GradientUnmaskedImportance, L1OutImportance, RandomImportance,
-                                        WeightL1Importance, keep_indices, salt_and_pepper)
+from gan_prune.prune.importance import (CRITERIA, ContentAwareImportance, GradientUnmaskedImportance,
+                                        RandomImportance, WeightL1Importance, keep_indices, salt_and_pepper)
 from gan_prune.prune.masks import MaskProvider, OnesMask
 from gan_prune.prune.surgery import feature_maps, scoring_layers
 
