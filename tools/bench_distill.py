@@ -70,26 +70,16 @@ def make_stats(path: str, G_t) -> None:
 
 def time_variant(nets: tuple, options: dict, steps: int, workdir: str) -> tuple[float, float]:
     """Median (wall seconds, CPU seconds of this process) per training iteration."""
-    from gan_prune.distill import loop
+    from gan_prune.distill.collective import Dist
+    from gan_prune.distill.options import resolve_options
+    from gan_prune.distill.trainer import Networks, Trainer
 
     G_t, D_t, G_s = nets
-
-    class BenchTrainer(loop.Trainer):
-        def _load_networks(self):  # the networks are already in memory
-            self.G_t = copy.deepcopy(G_t).eval().requires_grad_(False)
-            D = copy.deepcopy(D_t)
-            self.G_s = copy.deepcopy(G_s).train().requires_grad_(False)
-            self.G_ema = copy.deepcopy(G_s).eval().requires_grad_(False)
-            self.D_s = self._fresh_discriminator(D, 0).train().requires_grad_(False)
-            self.D_t = D.train().requires_grad_(False) if self.opts['teacher_d'] else None
-            self.D_teacher_frozen = None if self.opts['teacher_d'] else D
-            self.training_set_kwargs = None
-
-    opts = loop.resolve_options(options)
+    opts = resolve_options(options)
     device = torch.device('cpu')
-    trainer = BenchTrainer(opts, workdir, loop.Dist(0, 1, device), device)
-    trainer.setup()
-    trainer._stats, trainer._nonfinite = {}, torch.zeros([], dtype=torch.bool)
+    trainer = Trainer(opts, workdir, Dist(0, 1, device), device)
+    D_s = Trainer._fresh_discriminator(D_t, 0)
+    trainer.setup(networks=Networks(G_t=copy.deepcopy(G_t), G_s=G_s, G_ema=G_s, D_teacher=D_t, D_s=D_s))
     wall, cpu = [], []
     for i in range(steps + 1):
         started, started_cpu = time.perf_counter(), time.process_time()
@@ -97,7 +87,7 @@ def time_variant(nets: tuple, options: dict, steps: int, workdir: str) -> tuple[
         if i > 0:  # the first iteration pays one-off costs (allocations, lazy imports)
             wall.append(time.perf_counter() - started)
             cpu.append(time.process_time() - started_cpu)
-        trainer._stats = {}
+        trainer.reset_tick_stats()
     trainer.source.close()
     return statistics.median(wall), statistics.median(cpu)
 

@@ -128,8 +128,11 @@ def time_config(work: str, plan: dict, config: str, embedder: str) -> dict:
     """Train `config` for the plan's ticks in this process and measure the timed ones."""
     import torch
 
-    from gan_prune.distill import loop
+    from gan_prune.core.device import resolve_device
     from gan_prune.distill import rundir as rd
+    from gan_prune.distill.collective import Dist
+    from gan_prune.distill.options import resolve_options
+    from gan_prune.distill.trainer import Trainer
 
     overrides = dict(CONFIGS[config])
     student = overrides.pop('student', 'student')
@@ -137,13 +140,12 @@ def time_config(work: str, plan: dict, config: str, embedder: str) -> dict:
                    data=os.path.join(work, 'data.zip'), outdir=os.path.join(work, 'runs'), batch=plan['batch'],
                    kimg=1000, workers=2, device=plan['device'], dime=embedder,
                    dime_stats_samples=plan['stats_samples'], mirror=True, seed=0, trust=True, **overrides)
-    device = loop.resolve_device(plan['device'], 0)
-    opts = loop.resolve_options(options)
+    device = resolve_device(plan['device'], 0)
+    opts = resolve_options(options)
     run_dir = rd.create_run_dir(options['outdir'], f'{config}-{os.environ.get("TORCH_UTILS_GPU_OPS", "triton")}')
     started = time.perf_counter()
-    trainer = loop.Trainer(opts, run_dir, loop.Dist(0, 1, device), device)
+    trainer = Trainer(opts, run_dir, Dist(0, 1, device), device)
     trainer.setup()
-    trainer._start_tick_counters()
     setup_seconds = time.perf_counter() - started
 
     def synchronize():
@@ -164,7 +166,7 @@ def time_config(work: str, plan: dict, config: str, embedder: str) -> dict:
                 tick_seconds.append(time.perf_counter() - tick_start)
     finally:
         trainer.source.close()
-    losses = {k: float(torch.cat(v).float().mean()) for k, v in trainer._stats.items() if k.endswith('/main')}
+    losses = {k: float(torch.cat(v).float().mean()) for k, v in trainer.tick_stats.items() if k.endswith('/main')}
     tick_kimg = plan['tick_steps'] * plan['batch'] / 1000
     total = sum(tick_seconds)
     from torch_utils.ops import fused
