@@ -5,16 +5,22 @@
 For each FLOPs rate (default 75 %, 91 %, 99 %) the teacher is pruned once (content-aware, the shipped face
 segmenter), then fine-tuned by every method with the same budget (kimg, batch) and seeds:
 
-    none         adversarial fine-tuning only (against D^S and D^T)
+    none         adversarial fine-tuning only (the `--kd none` preset: D^S from D^T, no D^T game)
     cagan        CAGAN's masked L1 + perceptual KD (perceptual net effnet-lite0:96, mask demo-faces)
     dime         DiME only (effnet-lite0:96 embedding moments)
     nickel       NICKEL only
     nickel-dime  NICKEL & DiME (the method)
+    nickel-dime-torgb-pruned
+                 NICKEL & DiME on a student pruned with `--torgb-gain pruned` (the release's toRGB rebuild)
+                 instead of the default `teacher` gain
 
-plus the pruned network before fine-tuning. Each network is scored against the data and against the teacher's
-samples (FD and KID with the bundled EfficientNet-Lite0 detector, precision/recall), with its parameters, MACs
-and 1-thread CPU latency. Finished runs are recorded in <outdir>/results.jsonl and skipped when the tool is run
-again, so an interrupted table continues where it stopped.
+plus the pruned network before fine-tuning. `cagan` is the `--kd cagan` preset (R1 gamma 10, lr 0.002, D^S from
+D^T, no D^T game, independent noise, masked L1 + perceptual at 3 and 3) with one offline substitution: the
+perceptual network is EfficientNet-Lite0 at 96 px instead of LPIPS-VGG, whose VGG-16 weights are a download.
+Each network is scored against the data and against the teacher's samples (FD and KID with the bundled
+EfficientNet-Lite0 detector, precision/recall), with its parameters, MACs and 1-thread CPU latency. Finished runs
+are recorded in <outdir>/results.jsonl and skipped when the tool is run again, so an interrupted table continues
+where it stopped.
 """
 from __future__ import annotations
 
@@ -42,9 +48,13 @@ METHODS = {
     'dime': dict(kd='nickel-dime', dime=f'{EMBED}=15', nickel_weight=0.0),
     'nickel': dict(kd='nickel-dime', dime='', nickel_weight=10.0),
     'nickel-dime': dict(kd='nickel-dime', dime=f'{EMBED}=15', nickel_weight=10.0),
+    'nickel-dime-torgb-pruned': dict(kd='nickel-dime', dime=f'{EMBED}=15', nickel_weight=10.0),
 }
+# method -> the toRGB weight gain of the student it fine-tunes (every other method: the pruning default)
+TORGB_GAIN = {'nickel-dime-torgb-pruned': 'pruned'}
 LABELS = {'pruned': 'pruned, no fine-tuning', 'none': 'adversarial only', 'cagan': 'CAGAN KD', 'dime': 'DiME only',
-          'nickel': 'NICKEL only', 'nickel-dime': 'NICKEL & DiME'}
+          'nickel': 'NICKEL only', 'nickel-dime': 'NICKEL & DiME',
+          'nickel-dime-torgb-pruned': 'NICKEL & DiME, toRGB gain pruned'}
 
 
 def parse_args(argv=None):
@@ -124,24 +134,32 @@ def main(argv=None) -> None:
                    **score(teacher, teacher, data, detector, args.num_gen))
         append_row(results_path, row)
         done[(0.0, 'teacher', 0)] = row
+
+    def pruned_student(rate: float, torgb_gain: str) -> str:
+        suffix = '' if torgb_gain == 'teacher' else f'-torgb-{torgb_gain}'
+        path = os.path.join(args.outdir, f'pruned-{rate:.4f}{suffix}.pkl')
+        if not os.path.exists(path):
+            prune(args.teacher, path, rate=rate, criterion='content-aware', mask='demo-faces',
+                  samples=args.prune_samples, seed=0, device='cpu', torgb_gain=torgb_gain, progress=True, log=print)
+        return path
+
     for rate in rates:
-        pruned_pkl = os.path.join(args.outdir, f'pruned-{rate:.4f}.pkl')
-        if not os.path.exists(pruned_pkl):
-            prune(args.teacher, pruned_pkl, rate=rate, criterion='content-aware', mask='demo-faces',
-                  samples=args.prune_samples, seed=0, device='cpu', progress=True, log=print)
         if (rate, 'pruned', 0) not in done:
-            G = gan_prune.load_network_pkl(pruned_pkl)['G_ema']
+            G = gan_prune.load_network_pkl(pruned_student(rate, 'teacher'))['G_ema']
             row = dict(rate=rate, method='pruned', seed=0, kimg=0.0, seconds=0.0,
                        **score(G, teacher, data, detector, args.num_gen))
             append_row(results_path, row)
             done[(rate, 'pruned', 0)] = row
-        for method in methods:
-            for seed in seeds:
+    # Seeds outermost: a table interrupted early still has every cell, with fewer seeds.
+    for seed in seeds:
+        for rate in rates:
+            for method in methods:
                 if (rate, method, seed) in done:
                     continue
                 print(f'\n=== rate {rate:.2%}, {method}, seed {seed} ===', flush=True)
                 t0 = time.time()
-                run_dir = distill(teacher=args.teacher, student=pruned_pkl, data=data,
+                student = pruned_student(rate, TORGB_GAIN.get(method, 'teacher'))
+                run_dir = distill(teacher=args.teacher, student=student, data=data,
                                   outdir=os.path.join(args.outdir, 'runs'), desc=f'r{rate:.2f}-{method}-s{seed}',
                                   kimg=args.kimg, batch=args.batch, tick=max(args.kimg / 4, 0.001), snap=10**6,
                                   seed=seed, workers=0, device='cpu', dime_stats_samples=1024,
@@ -157,8 +175,7 @@ def main(argv=None) -> None:
     # Latency depends on the architecture only (one per rate); measured at the end, the networks taking turns.
     from gan_prune.demo.pipeline import cpu_latencies_ms
     nets = {0.0: teacher}
-    nets.update({rate: gan_prune.load_network_pkl(os.path.join(args.outdir, f'pruned-{rate:.4f}.pkl'))['G_ema']
-                 for rate in rates})
+    nets.update({rate: gan_prune.load_network_pkl(pruned_student(rate, 'teacher'))['G_ema'] for rate in rates})
     latency = cpu_latencies_ms(nets)
     rows = [dict(r, latency_ms=latency.get(r['rate'], float('nan'))) for r in done.values()]
     md = table_markdown(rows, args, rates, methods, seeds, time.time() - started)
