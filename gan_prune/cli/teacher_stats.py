@@ -18,7 +18,8 @@ from gan_prune.fileio import refuse_overwriting_inputs
                    'effnet-lite0 works offline; the released method uses clip:RN50,dino-resnet50.')
 @click.option('--embed-weights', multiple=True, metavar='[SPEC=]FILE',
               help='Weights file of an embedder (repeat for several; SPEC=FILE says which one). Bare file names are '
-                   'also searched in $GAN_PRUNE_WEIGHTS, ./weights and ~/.cache/gan_prune/weights.')
+                   'also searched in $GAN_PRUNE_WEIGHTS, ./weights and ~/.cache/gan_prune/weights. Without it the '
+                   'official clip:RN50 and dino-resnet50 files are found in the cache or downloaded once (online).')
 @click.option('--normalize/--no-normalize', default=EMBED['normalize'], show_default=True,
               help="Each model's own input preprocessing (resize, mean/std). The release uses none: pixels in "
                    '[-1, 1]. Must match the setting used for distillation.')
@@ -54,11 +55,14 @@ def command(src: str, embed_spec: str, embed_weights: tuple[str, ...], normalize
     from gan_prune.distill import teacher_stats
     from gan_prune.distill.dime import parse_dime_spec, resolve_weight_files
     from gan_prune.distill.embedders import build_embedder
+    from gan_prune.distill.official_weights import resolve_embed_weights
 
     if not out.endswith('.npz'):
         raise GanPruneError(f'--out must be a .npz file, got {out}')
     names = [name for name, _ in parse_dime_spec(embed_spec)]
-    files = resolve_weight_files(names, list(embed_weights))
+    # The official embedders (clip:RN50, dino-resnet50) find their files as distill does: given, local, cached or
+    # downloaded once with a checksum; offline without them, one line names the files.
+    files = resolve_weight_files(names, resolve_embed_weights(names, list(embed_weights)))
     inputs = [('--pkl', src)] + [('--embed-weights', path) for path in files.values()]
     inputs += [('--embed', name.partition(':')[2]) for name in names if name.startswith('torchscript:')]
     refuse_overwriting_inputs([out, teacher_stats.partial_path(out)], inputs)

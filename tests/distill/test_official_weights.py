@@ -154,3 +154,14 @@ def test_the_run_records_the_files_it_fetched(no_local_files, online, monkeypatc
     assert entries['dino-resnet50'] == '/my/dino.pth' and os.path.isfile(entries['clip:RN50'])
     assert method['cagan_net'] == 'lpips-vgg'
     assert sorted(server.hits.elements()) == sorted(['/vgg16.pth', f'/{clip_sha}/RN50.pt'])
+
+
+def test_teacher_stats_finds_the_official_files_as_distill_does(no_local_files, offline, capsys):
+    from gan_prune.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(['teacher-stats', '--pkl', 'builtin:teacher', '--embed', 'clip:RN50,dino-resnet50', '--out',
+              str(no_local_files / 'stats.npz')])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and 'RN50.pt' in err and 'dino_resnet50_pretrain.pth' in err
+    assert not (no_local_files / 'stats.npz').exists()
