@@ -172,7 +172,7 @@ class EffNetLite0Embedder(Embedder):
         return cls(weights=weights, normalize=normalize, resolution=int(arg))
 
     def __init__(self, weights: str | None = None, normalize: bool = False, resolution: int | None = None):
-        from gan_prune.models import effnet_lite
+        from gan_prune.features import effnet_lite
         # The input size is part of the name: teacher statistics made at one size do not fit another.
         name = 'effnet-lite0' if resolution is None else f'effnet-lite0:{resolution}'
         super().__init__(name, effnet_lite.FEATURE_DIM, normalize)

@@ -50,8 +50,9 @@ KNOWN_TORCHSCRIPT_SHA256: dict[str, str] = {
 # Model classes a constructor file may name without --trust-pickle: 'name as stored' -> 'module:attribute'.
 # Only our own classes; a name that is not a key here is refused before any import.
 MODEL_CLASSES: dict[str, str] = {
-    'gan_prune.models.segmenter.ContentSegmenter': 'gan_prune.models.segmenter:ContentSegmenter',
-    'gan_prune.demo.mask_model.ContentSegmenter': 'gan_prune.models.segmenter:ContentSegmenter',  # its first home
+    'gan_prune.features.segmenter.ContentSegmenter': 'gan_prune.features.segmenter:ContentSegmenter',
+    'gan_prune.models.segmenter.ContentSegmenter': 'gan_prune.features.segmenter:ContentSegmenter',  # its 2nd home
+    'gan_prune.demo.mask_model.ContentSegmenter': 'gan_prune.features.segmenter:ContentSegmenter',  # its first home
 }
 
 # Plain values a constructor's kwargs may hold (what a model's __init__ needs: sizes, flags, names).

@@ -108,7 +108,7 @@ class EffNetLite0Detector(Detector):
 
     def __init__(self, device: torch.device, weights: str | None = None):
         super().__init__(device)
-        from gan_prune.models import effnet_lite
+        from gan_prune.features import effnet_lite
         self._effnet_lite = effnet_lite
         self.weights = weights or effnet_lite.default_weights_path()
         self.model = effnet_lite.load_efficientnet_lite0(self.weights).to(device).eval().requires_grad_(False)

@@ -52,7 +52,7 @@ class FaceParserMask(MaskProvider):
     name = 'face-parser'
 
     def __init__(self, parser: torch.nn.Module, excluded_classes: tuple[int, ...] = (0, 16), input_size: int = 512):
-        from gan_prune.models import bisenet
+        from gan_prune.features import bisenet
         self.parser = parser.eval().requires_grad_(False)
         self.excluded_classes = tuple(int(c) for c in excluded_classes)
         self.input_size = int(input_size)
@@ -61,7 +61,7 @@ class FaceParserMask(MaskProvider):
 
     @classmethod
     def from_weights(cls, path: str) -> 'FaceParserMask':
-        from gan_prune.models.bisenet import load_bisenet
+        from gan_prune.features.bisenet import load_bisenet
         return cls(load_bisenet(path))
 
     def to(self, device: torch.device | str) -> 'FaceParserMask':

@@ -107,7 +107,7 @@ def test_constructor_outside_the_allow_list_is_refused_without_import(marker_mod
 
 
 def test_allowed_constructor_builds_our_class_from_plain_kwargs():
-    from gan_prune.models.segmenter import ContentSegmenter
+    from gan_prune.features.segmenter import ContentSegmenter
     model = trusted.construct_model('gan_prune.demo.mask_model.ContentSegmenter', {'width': 4}, False, 'm')
     assert type(model) is ContentSegmenter and model.width == 4
     with pytest.raises(GanPruneError, match='numbers, strings'):
