@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_prune.errors import GanPruneError
+from gan_prune.features import effnet_lite
 from gan_prune.io import trusted
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -172,7 +173,6 @@ class EffNetLite0Embedder(Embedder):
         return cls(weights=weights, normalize=normalize, resolution=int(arg))
 
     def __init__(self, weights: str | None = None, normalize: bool = False, resolution: int | None = None):
-        from gan_prune.features import effnet_lite
         # The input size is part of the name: teacher statistics made at one size do not fit another.
         name = 'effnet-lite0' if resolution is None else f'effnet-lite0:{resolution}'
         super().__init__(name, effnet_lite.FEATURE_DIM, normalize)
@@ -181,14 +181,11 @@ class EffNetLite0Embedder(Embedder):
             path = _resolve_file(weights, 'effnet-lite0', 'an EfficientNet-Lite0 state dict')
         self.model = effnet_lite.load_efficientnet_lite0(path)
         self.resolution = resolution or effnet_lite.NATIVE_RESOLUTION
-        _mean_std_buffers(self, effnet_lite.IMAGENET_MEAN, effnet_lite.IMAGENET_STD)
         self.freeze()
 
     def prepare(self, img):
-        x = _resize(img, self.resolution)
-        if self.normalize:
-            x = (_to_unit_range(x) - self.pixel_mean) / self.pixel_std
-        return x
+        return effnet_lite.preprocess(img, resolution=self.resolution, signed=True, normalize=self.normalize,
+                                      antialias=False)
 
     def embed(self, x):
         return self.model.features(x)

@@ -120,7 +120,7 @@ class EffNetLite0Detector(Detector):
         return dict(name=self.name, file=_file_identity(self.weights), preprocessing=self.preprocessing)
 
     def _features(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
-        x = self._effnet_lite.preprocess(images_uint8_rgb.float() / 255.0)
+        x = self._effnet_lite.preprocess(images_uint8_rgb.float() / 255.0)  # [0, 1], 224 px, ImageNet mean/std
         return self.model.features(x.contiguous(memory_format=torch.channels_last))
 
 
