@@ -157,7 +157,7 @@ def test_prune_cli_refuses_the_shell_command_mask_with_one_line(tmp_path, capsys
 def test_bundled_demo_mask_is_data_and_loads_without_trust():
     from gan_prune.assets import FACE_MASK as DEMO_FACE_MASK
     from gan_prune.features.segmenter import ContentSegmenter
-    from gan_prune.io.trusted import is_torchscript_archive
+    from gan_prune.features.torchscript import is_torchscript_archive
     assert not is_torchscript_archive(DEMO_FACE_MASK)
     provider = build_mask('demo-faces')
     assert type(provider.model) is ContentSegmenter
