@@ -48,7 +48,7 @@ def load_lpips_vgg(path: str | None, official_file: Callable[[], str] | None = N
     return model.eval().requires_grad_(False)
 
 
-def load_vgg16_features(path: str) -> nn.Module:
+def load_vgg16_features(path: str) -> nn.Sequential:
     """torchvision's vgg16().features with the weights of the state dict at `path` (bare names are searched in
     the weights folders), in eval mode."""
     import torchvision
