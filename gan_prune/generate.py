@@ -59,7 +59,7 @@ def parse_seeds(text: str) -> list[int]:
 def _warn_if_nonfinite(G: torch.nn.Module, src: str) -> None:
     """Rendering goes on (the images show what the network does), after a warning on stderr."""
     import sys
-    from gan_prune.nets.finite import describe, nonfinite_tensors
+    from gan_prune.generator.finite import describe, nonfinite_tensors
     found = nonfinite_tensors(G)
     if found:
         print(f'warning: {describe(f"G_ema of {src}", found)}; its images will be NaN (black)', file=sys.stderr,

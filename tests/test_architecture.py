@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ('core',),
     ('io', 'weights'),
     (API,),
-    ('data', 'models', 'nets'),
+    ('data', 'features', 'generator'),
     ('prune', 'metrics'),
     ('distill',),
     ('runtime',),

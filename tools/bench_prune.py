@@ -293,7 +293,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from gan_prune.io.pickles import load_builtin
-    from gan_prune.nets.cost import generator_cost
+    from gan_prune.generator.cost import generator_cost
     from gan_prune.runtime.backends import BACKENDS
 
     backends = [b.strip() for b in args.backend.split(',') if b.strip()]

@@ -95,7 +95,7 @@ def append_row(path: str, row: dict) -> None:
 
 def score(G: torch.nn.Module, teacher: torch.nn.Module, data: str, detector, num_gen: int) -> dict:
     from gan_prune.metrics.compute import compute_metrics
-    from gan_prune.nets.cost import generator_cost
+    from gan_prune.generator.cost import generator_cost
     samples = {}  # G's images go through the detector once for both references
     vs_data = compute_metrics(G, 'fid,kid,pr', data=data, detector=detector, num_gen=num_gen, num_real=num_gen,
                               device='cpu', gen_cache=samples)

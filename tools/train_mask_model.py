@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import tqdm
 
 from gan_prune.demo.faces import make_faces
-from gan_prune.models.segmenter import ContentSegmenter, save_mask_model
+from gan_prune.features.segmenter import ContentSegmenter, save_mask_model
 
 
 def to_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

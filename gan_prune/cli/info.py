@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from gan_prune.errors import GanPruneError
-from gan_prune.nets import cost
+from gan_prune.generator import cost
 
 
 def sniff_format(src: str) -> str:
@@ -66,7 +66,7 @@ def network_summary(data: dict, src: str, convention: str = 'conv') -> dict:
     summary['augment_pipe'] = data.get('augment_pipe') is not None
     summary['training_set_kwargs'] = _plain(data.get('training_set_kwargs'))
     summary['extra_keys'] = extras
-    from gan_prune.nets.finite import nonfinite_networks
+    from gan_prune.generator.finite import nonfinite_networks
     summary['nonfinite_weights'] = nonfinite_networks(data)  # {network: {tensor: count}}; empty when all finite
     if isinstance(data.get('pruning'), dict):
         pr = data['pruning']
@@ -154,7 +154,7 @@ def command(src: str, convention: str, as_json: bool, trust_pickle: bool) -> Non
         return
     data = load_network_pkl(src, trust=trust_pickle)
     summary = network_summary(data, src, convention)
-    from gan_prune.nets.finite import describe
+    from gan_prune.generator.finite import describe
     for key, found in summary['nonfinite_weights'].items():  # on stderr: --json output stays valid JSON
         click.echo(f'warning: {describe(key, found)}; its images and metrics will be NaN (a diverged or '
                    f'damaged network?)', err=True)

@@ -26,7 +26,7 @@ def _load_generator(src: str, trust: bool):
 
 def _refuse_nonfinite(G, src: str) -> None:
     """A network with NaN/inf weights has no meaningful score; refuse it before the (long) measurement."""
-    from gan_prune.nets.finite import describe, nonfinite_tensors
+    from gan_prune.generator.finite import describe, nonfinite_tensors
     found = nonfinite_tensors(G)
     if found:
         raise GanPruneError(f'{describe(f"G_ema of {src}", found)}: no metric of it would mean anything; '

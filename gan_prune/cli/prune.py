@@ -5,7 +5,7 @@ import click
 
 from gan_prune import defaults
 from gan_prune.cli import checks
-from gan_prune.nets.cost import CONVENTIONS
+from gan_prune.generator.cost import CONVENTIONS
 from gan_prune.prune.importance import CRITERIA, criterion_help
 from gan_prune.prune.masks import MASKS
 from gan_prune.prune.surgery import TORGB_GAINS

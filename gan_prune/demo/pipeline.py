@@ -161,7 +161,7 @@ def evaluate_models(models: dict[str, torch.nn.Module], data: str, o: dict,
     from gan_prune.core.device import resolve_device
     from gan_prune.metrics.compute import compute_metrics
     from gan_prune.metrics.detectors import build_detector
-    from gan_prune.nets.cost import generator_cost
+    from gan_prune.generator.cost import generator_cost
     latency = cpu_latencies_ms(models)
     device = resolve_device(o['device'])
     detector = build_detector('effnet-lite0', device=device)

@@ -12,12 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_prune.errors import GanPruneError
-
-# LPIPS input scaling (Zhang et al. 2018): images in [-1, 1] are shifted/scaled per channel before VGG.
-LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-LPIPS_SCALE = (0.458, 0.448, 0.450)
-VGG16_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's vgg16().features
+from gan_prune.features.lpips_vgg import LPIPS_SCALE, LPIPS_SHIFT, VGG16_TAPS, load_lpips_vgg, load_vgg16_features
 
 
 class PerceptualDistance(nn.Module):
@@ -38,10 +33,10 @@ class PerceptualDistance(nn.Module):
         self.spec = spec
         if spec == LPIPS_VGG or spec.startswith(LPIPS_VGG + ':'):
             self.kind = 'lpips'
-            self.lpips = _load_lpips_vgg(spec.partition(':')[2] or None)
+            self.lpips = load_lpips_vgg(spec.partition(':')[2] or None, official_file=_official_vgg16)
         elif spec.startswith('vgg16:'):
             self.kind = 'vgg16'
-            self.features = _load_vgg16_features(spec.split(':', 1)[1])
+            self.features = load_vgg16_features(spec.split(':', 1)[1])
             self.register_buffer('shift', torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
             self.register_buffer('scale', torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
         else:
@@ -89,51 +84,10 @@ class PerceptualDistance(nn.Module):
 LPIPS_VGG = 'lpips-vgg'
 
 
-def _load_lpips_vgg(path: str | None) -> nn.Module:
-    """lpips.LPIPS(net='vgg') with the package's linear weights and the VGG-16 trunk read from `path` (a
-    torchvision vgg16 state dict; None: the official file). lpips never downloads anything here."""
-    import warnings
-    try:
-        import lpips
-    except ImportError:
-        raise GanPruneError('--cagan-net lpips-vgg needs the lpips package: pip install lpips') from None
-    if path is None:
-        from gan_prune.distill.official_weights import fetch
-        path = fetch('vgg16')
-    features = _load_vgg16_features(path)
-    with warnings.catch_warnings():  # lpips builds its random trunk with torchvision's deprecated pretrained=False
-        warnings.simplefilter('ignore')
-        model = lpips.LPIPS(net='vgg', pretrained=True, pnet_rand=True, verbose=False)
-    # lpips splits torchvision's features into slices that keep the layer indices: features.{i} -> slice{k}.{i}.
-    trunk = {}
-    for slice_name, block in model.net.named_children():
-        for index in block._modules:
-            layer = features[int(index)]
-            for key, value in layer.state_dict().items():
-                trunk[f'{slice_name}.{index}.{key}'] = value
-    model.net.load_state_dict(trunk, strict=True)
-    return model.eval().requires_grad_(False)
-
-
-def _load_vgg16_features(path: str) -> nn.Module:
-    import torchvision
-    from gan_prune.weights import resolve_weights
-    found = resolve_weights(path)
-    if found is None:
-        raise GanPruneError(f'VGG16 weights file not found: {path} (give a torchvision vgg16 state dict; bare names '
-                            f'are also searched in $GAN_PRUNE_WEIGHTS, ./weights and ~/.cache/gan_prune/weights)')
-    net = torchvision.models.vgg16(weights=None)
-    try:
-        state = torch.load(found, map_location='cpu', weights_only=True)
-        state = {k: v for k, v in state.items() if k.startswith('features.')}
-        net.load_state_dict(state, strict=False)
-        missing = [k for k in net.state_dict() if k.startswith('features.') and k not in state]
-    except Exception as e:  # pylint: disable=broad-except
-        raise GanPruneError(f'cannot read VGG16 weights {found} ({type(e).__name__}: {e}); '
-                            f'give a torchvision vgg16 state dict') from e
-    if missing:
-        raise GanPruneError(f'{found} is not a torchvision vgg16 state dict (missing {missing[0]})')
-    return net.features.eval()
+def _official_vgg16() -> str:
+    """torchvision's VGG-16 file for `lpips-vgg` without FILE: a local copy, the cache, or a checked download."""
+    from gan_prune.distill.official_weights import fetch
+    return fetch('vgg16')
 
 
 class CaganKD(nn.Module):

@@ -9,7 +9,7 @@ Spec strings (`build_embedder(spec, weights, normalize)`):
     torchscript:FILE    any TorchScript module; its output is flattened to [N, dim]
 
 TorchScript files (torchscript:FILE, OpenAI's CLIP .pt releases) are programs: they load only with trust=True
-(--trust-pickle) or when their SHA-256 is a published one the toolkit knows (gan_prune.io.trusted). State
+(--trust-pickle) or when their SHA-256 is a published one the toolkit knows (gan_prune.features.torchscript). State
 dicts are read as data.
 
 Input preparation. `normalize=False` (the default) reproduces the released method: pixels stay in [-1, 1] and
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_prune.errors import GanPruneError
-from gan_prune.io import trusted
+from gan_prune.features import effnet_lite, torchscript
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -172,7 +172,6 @@ class EffNetLite0Embedder(Embedder):
         return cls(weights=weights, normalize=normalize, resolution=int(arg))
 
     def __init__(self, weights: str | None = None, normalize: bool = False, resolution: int | None = None):
-        from gan_prune.models import effnet_lite
         # The input size is part of the name: teacher statistics made at one size do not fit another.
         name = 'effnet-lite0' if resolution is None else f'effnet-lite0:{resolution}'
         super().__init__(name, effnet_lite.FEATURE_DIM, normalize)
@@ -181,14 +180,11 @@ class EffNetLite0Embedder(Embedder):
             path = _resolve_file(weights, 'effnet-lite0', 'an EfficientNet-Lite0 state dict')
         self.model = effnet_lite.load_efficientnet_lite0(path)
         self.resolution = resolution or effnet_lite.NATIVE_RESOLUTION
-        _mean_std_buffers(self, effnet_lite.IMAGENET_MEAN, effnet_lite.IMAGENET_STD)
         self.freeze()
 
     def prepare(self, img):
-        x = _resize(img, self.resolution)
-        if self.normalize:
-            x = (_to_unit_range(x) - self.pixel_mean) / self.pixel_std
-        return x
+        return effnet_lite.preprocess(img, resolution=self.resolution, signed=True, normalize=self.normalize,
+                                      antialias=False)
 
     def embed(self, x):
         return self.model.features(x)
@@ -227,9 +223,9 @@ class ClipEmbedder(Embedder):
             raise GanPruneError(f'unknown open_clip architecture {arch!r} in clip:{arch}; '
                                 'e.g. clip:RN50, clip:ViT-B-32')
         archive = None
-        if trusted.is_torchscript_archive(path):
+        if torchscript.is_torchscript_archive(path):
             # OpenAI's own release files are TorchScript archives (known by checksum); only their weights are used.
-            archive = trusted.load_torchscript(path, trust, f'clip:{arch} weights')
+            archive = torchscript.load_torchscript(path, trust, f'clip:{arch} weights')
         try:
             if archive is not None:
                 from open_clip.model import build_model_from_openai_state_dict
@@ -332,7 +328,7 @@ class TorchScriptEmbedder(_RawInputEmbedder):
 
     def __init__(self, path: str, normalize: bool = False, probe_resolution: int = 224, trust: bool = False):
         path = _resolve_file(path, 'torchscript', 'a file written by torch.jit.save')
-        module = trusted.load_torchscript(path, trust, 'TorchScript embedder')
+        module = torchscript.load_torchscript(path, trust, 'TorchScript embedder')
         module.eval()
         with torch.no_grad():
             try:

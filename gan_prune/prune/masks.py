@@ -7,7 +7,7 @@ image size. Providers:
 - `user`: the user's own model, a TorchScript file or a torch file holding {'name': 'package.module.Class',
   'state_dict': {...}, 'kwargs': {...}}; its output is squeezed to one channel and clamped to [0, 1].
   Both run code, so they need trust=True (--trust-pickle) unless the TorchScript file is a published one the
-  toolkit knows or the class is one of its own (gan_prune.io.trusted).
+  toolkit knows (gan_prune.features.torchscript) or the class is one of its own (gan_prune.io.trusted).
 The named providers are in the MASKS registry (facts: `content`, whether it marks content of interest, and a
 `summary`); `build_mask(spec, parser_weights, trust=trust)` maps the CLI's --mask value (a name, 'auto' or a
 model file) to a provider.
@@ -52,7 +52,7 @@ class FaceParserMask(MaskProvider):
     name = 'face-parser'
 
     def __init__(self, parser: torch.nn.Module, excluded_classes: tuple[int, ...] = (0, 16), input_size: int = 512):
-        from gan_prune.models import bisenet
+        from gan_prune.features import bisenet
         self.parser = parser.eval().requires_grad_(False)
         self.excluded_classes = tuple(int(c) for c in excluded_classes)
         self.input_size = int(input_size)
@@ -61,7 +61,7 @@ class FaceParserMask(MaskProvider):
 
     @classmethod
     def from_weights(cls, path: str) -> 'FaceParserMask':
-        from gan_prune.models.bisenet import load_bisenet
+        from gan_prune.features.bisenet import load_bisenet
         return cls(load_bisenet(path))
 
     def to(self, device: torch.device | str) -> 'FaceParserMask':
@@ -103,12 +103,13 @@ class UserMask(MaskProvider):
     def from_file(cls, path: str, trust: bool = False, option: str = '--mask') -> 'UserMask':
         """Load a mask model file. Without `trust` only data is read: a TorchScript file must be one the toolkit
         knows by checksum, and a constructor file must name one of the toolkit's own model classes."""
+        from gan_prune.features import torchscript
         from gan_prune.io import trusted
         if not os.path.isfile(path):
             raise GanPruneError(f'{option} {path}: no such file; use {option} none, {option} face-parser '
                                 f'--parser-weights FILE, or the path of your own mask model')
-        if trusted.is_torchscript_archive(path):
-            return cls(trusted.load_torchscript(path, trust, option), path)
+        if torchscript.is_torchscript_archive(path):
+            return cls(torchscript.load_torchscript(path, trust, option), path)
         try:
             blob = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e:

@@ -20,7 +20,7 @@ from gan_prune import defaults
 from gan_prune.core.device import resolve_device
 from gan_prune.core.fingerprint import file_sha256
 from gan_prune.errors import GanPruneError
-from gan_prune.nets.cost import generator_cost
+from gan_prune.generator.cost import generator_cost
 from gan_prune.prune.importance import CRITERIA, Importance, keep_indices
 from gan_prune.prune.masks import MASKS, PARSER_WEIGHTS_FILE, build_mask, missing_mask_message, resolve_mask_spec
 from gan_prune.prune.solver import ChannelPlan, format_plan, net_shape, solve_channels

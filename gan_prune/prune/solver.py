@@ -1,7 +1,7 @@
 """Compression rate -> channel configuration.
 
 The compression rate of a student is `1 - MACs(student) / MACs(teacher)` under a counting convention of
-gan_prune.nets.cost ('conv': synthesis convolutions + toRGB, the paper's; 'total': + style affines + mapping).
+gan_prune.generator.cost ('conv': synthesis convolutions + toRGB, the paper's; 'total': + style affines + mapping).
 
 A uniform channel ratio r removes int(C * r) channels of every feature map with C channels, leaving
 ceil((1 - r) * C) (method.md section 2). The rate is a non-decreasing step function of r, whose steps sit at
@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 from gan_prune.errors import GanPruneError
-from gan_prune.nets.cost import CONVENTIONS, synthesis_macs_for_channels
+from gan_prune.generator.cost import CONVENTIONS, synthesis_macs_for_channels
 
 # How far beyond the most compressed configuration a target may lie and still snap to it (float noise only).
 _RATE_SLACK = 1e-12
@@ -200,7 +200,7 @@ def nearest_plan(plans: list[ChannelPlan], rate: float) -> ChannelPlan:
 
 def format_plan(plan: ChannelPlan, teacher_cost=None, student_cost=None) -> str:
     """The channel table plus parameters and MACs before/after (real costs when the cost reports are given)."""
-    from gan_prune.nets.cost import CONVENTION_TEXT, format_count
+    from gan_prune.generator.cost import CONVENTION_TEXT, format_count
     lines = []
     header = f'{"block":>8} {"teacher":>8} {"student":>8}'
     if teacher_cost is not None and student_cost is not None:

@@ -1,6 +1,6 @@
 """Network surgery: cut a teacher generator down to kept channels and load the result into a SlimGenerator.
 
-One set of kept indices per feature map (see gan_prune.nets.slim for the names). Every tensor that reads or
+One set of kept indices per feature map (see gan_prune.generator.slim for the names). Every tensor that reads or
 writes a feature map is sliced with that feature map's indices:
 
 | tensor                         | dim 0 (outputs)        | dim 1 (inputs)       |
@@ -151,7 +151,7 @@ def _check_kept(G: torch.nn.Module, kept: dict[str, torch.Tensor]) -> dict[str, 
 def slice_generator(G: torch.nn.Module, kept: dict[str, torch.Tensor], torgb_gain: str = 'teacher') -> torch.nn.Module:
     """A SlimGenerator holding teacher G's weights restricted to the `kept` channel indices of each feature map,
     with toRGB/skip gains from the teacher's fan-in ('teacher') or the pruned one ('pruned')."""
-    from gan_prune.nets.slim import SlimGenerator
+    from gan_prune.generator.slim import SlimGenerator
     kept = _check_kept(G, kept)
     kwargs = slim_kwargs(G, {name: len(idx) for name, idx in kept.items()}, torgb_gain)
     with torch.random.fork_rng(devices=[]):  # construction draws random init; keep the caller's RNG stream

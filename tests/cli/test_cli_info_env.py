@@ -36,7 +36,7 @@ def test_info_builtin_tables(capsys):
 
 def test_info_json_totals_match_cost_model(capsys):
     from gan_prune.io.pickles import load_builtin
-    from gan_prune.nets.cost import generator_cost
+    from gan_prune.generator.cost import generator_cost
     summary = json.loads(run_ok(['info', '--pkl', 'builtin:tiny32', '--json'], capsys))
     G = load_builtin('tiny32')['G_ema']
     assert summary['generator']['cost']['total_macs'] == generator_cost(G).total_macs

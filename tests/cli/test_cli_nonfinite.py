@@ -20,7 +20,7 @@ def poisoned_pkl(tmp_path_factory):
 
 
 def test_nonfinite_tensors_counts_entries():
-    from gan_prune.nets.finite import nonfinite_tensors
+    from gan_prune.generator.finite import nonfinite_tensors
     layer = torch.nn.Linear(3, 2)
     with torch.no_grad():
         layer.weight[0, :2] = float('nan')

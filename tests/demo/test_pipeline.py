@@ -11,7 +11,7 @@ from gan_prune.cli import main
 from gan_prune.demo import pipeline
 from gan_prune.io.builtin import shipped_path
 from gan_prune.errors import GanPruneError
-from gan_prune.nets.cost import generator_cost
+from gan_prune.generator.cost import generator_cost
 
 TINY = dict(data_images=32, prune_samples=8, kimg=0.032, batch=16, dime_stats_samples=32, metrics_num_gen=8,
             seeds='0-2', device='cpu')

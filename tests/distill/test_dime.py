@@ -185,7 +185,7 @@ def test_dime_loss_weights_and_gradient_flow():
 
 
 def test_dime_loss_build_from_stats(tmp_path):
-    from gan_prune.models.effnet_lite import FEATURE_DIM
+    from gan_prune.features.effnet_lite import FEATURE_DIM
     stats = TeacherStats({'effnet-lite0': EmbeddingStats('effnet-lite0', 10, np.zeros(FEATURE_DIM),
                                                          np.ones(FEATURE_DIM), np.random.rand(8, FEATURE_DIM))},
                          normalize=False)

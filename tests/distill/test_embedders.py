@@ -9,7 +9,7 @@ from torch import nn
 from gan_prune.distill import embedders as E
 from gan_prune.distill.embedders import Embedder, build_embedder, split_spec
 from gan_prune.errors import GanPruneError
-from gan_prune.io import trusted
+from gan_prune.features import torchscript
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing here may download
 
@@ -177,7 +177,7 @@ def test_clip_loads_openai_torchscript_archive(clip_checkpoint, tmp_path, monkey
     with pytest.raises(GanPruneError, match='--trust-pickle'):
         build_embedder('clip:RN50', weights=str(archive))
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    monkeypatch.setitem(trusted.KNOWN_TORCHSCRIPT_SHA256, digest, 'RN50.pt (test stand-in for the OpenAI file)')
+    monkeypatch.setitem(torchscript.KNOWN_TORCHSCRIPT_SHA256, digest, 'RN50.pt (test stand-in for the OpenAI file)')
     emb = build_embedder('clip:RN50', weights=str(archive))
     assert emb.dim == 1024
     loaded = emb.visual.state_dict()

@@ -8,7 +8,7 @@ import torch
 from gan_prune import defaults
 from gan_prune.distill import official_weights as ow
 from gan_prune.errors import GanPruneError
-from gan_prune.io import trusted
+from gan_prune.features import torchscript
 
 
 def serve_files(serve_http, files):
@@ -48,7 +48,7 @@ def _state_bytes(tmp_path, seed):
 def test_clip_rn50_checksum_comes_from_its_url_and_is_the_known_one():
     entry = ow.official_files()['clip:RN50']
     assert entry.url.endswith('/RN50.pt') and entry.url.startswith('https://openaipublic.azureedge.net/clip/models/')
-    assert trusted.KNOWN_TORCHSCRIPT_SHA256[entry.sha256] == 'RN50.pt (OpenAI CLIP)'
+    assert torchscript.KNOWN_TORCHSCRIPT_SHA256[entry.sha256] == 'RN50.pt (OpenAI CLIP)'
     dino = ow.official_files()['dino-resnet50']
     assert dino.sha256 is None and dino.check.startswith('length only')  # no published checksum, and it says so
     assert ow.official_files()['vgg16'].sha256_prefix == '397923af'

@@ -173,7 +173,7 @@ def run(examples: int, workdir: Path, seed: int | None, use_hypothesis: bool = T
     starts = {name: opcode_starts(data) for name, data in seeds.items()}
     calls: list[str] = []
     current = workdir / 'current.pkl'
-    import gan_prune.nets.slim  # noqa: F401  (looked up for unknown class names)
+    import gan_prune.generator.slim  # noqa: F401  (looked up for unknown class names)
     for name, data in seeds.items():  # every seed loads (and this imports everything a load needs, up front)
         current.write_bytes(data)
         outcome, detail = load_one(current)

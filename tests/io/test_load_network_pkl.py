@@ -182,8 +182,8 @@ def test_class_registry(monkeypatch, tmp_path):
 
 
 def test_slim_generator_classes_are_known():
-    # The pruned generator of gan_prune.nets.slim must load with the safe loader.
-    from gan_prune.nets import slim
+    # The pruned generator of gan_prune.generator.slim must load with the safe loader.
+    from gan_prune.generator import slim
     known = [name for name in dir(slim) if isinstance(getattr(slim, name), type)
              and persistence.is_persistent(getattr(slim, name))]
     assert known

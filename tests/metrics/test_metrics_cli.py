@@ -42,9 +42,9 @@ def fake_inception(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def fake_inception_is_known(fake_inception, monkeypatch):
     """The stand-in plays NVIDIA's published Inception file, which loads without --trust-pickle by its checksum."""
-    from gan_prune.io import trusted
+    from gan_prune.features import torchscript
     digest = hashlib.sha256(open(fake_inception, 'rb').read()).hexdigest()
-    monkeypatch.setitem(trusted.KNOWN_TORCHSCRIPT_SHA256, digest, 'inception stand-in')
+    monkeypatch.setitem(torchscript.KNOWN_TORCHSCRIPT_SHA256, digest, 'inception stand-in')
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_prune.errors import GanPruneError
-from gan_prune.io import trusted
+from gan_prune.features import torchscript
 from gan_prune.metrics import detectors
 
 # Scripting the stand-in detector uses TorchScript, which torch now marks deprecated.
@@ -40,13 +40,13 @@ def scripted_detector_file(tmp_path_factory):
 def stand_in_is_known(scripted_detector_file, monkeypatch):
     """The stand-in plays NVIDIA's published Inception file, which loads without --trust-pickle by its checksum."""
     digest = hashlib.sha256(open(scripted_detector_file, 'rb').read()).hexdigest()
-    monkeypatch.setitem(trusted.KNOWN_TORCHSCRIPT_SHA256, digest, 'inception stand-in')
+    monkeypatch.setitem(torchscript.KNOWN_TORCHSCRIPT_SHA256, digest, 'inception stand-in')
 
 
 def test_unknown_torchscript_detector_needs_trust(tmp_path, monkeypatch):
     path = tmp_path / 'other.pt'
     torch.jit.save(torch.jit.script(_InceptionLike()), str(path))
-    assert hashlib.sha256(path.read_bytes()).hexdigest() not in trusted.KNOWN_TORCHSCRIPT_SHA256
+    assert hashlib.sha256(path.read_bytes()).hexdigest() not in torchscript.KNOWN_TORCHSCRIPT_SHA256
     loads = []
     real_load = torch.jit.load
     monkeypatch.setattr(torch.jit, 'load', lambda *a, **k: loads.append(a) or real_load(*a, **k))

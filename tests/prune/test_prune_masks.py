@@ -40,7 +40,7 @@ def test_auto_without_weights_is_an_error_not_an_all_ones_mask(no_weight_folders
 
 
 def test_auto_finds_parser_weights_in_the_weights_folder(no_weight_folders, tmp_path):
-    from gan_prune.models.bisenet import BiSeNet
+    from gan_prune.features.bisenet import BiSeNet
     (tmp_path / 'weights').mkdir()
     torch.save(BiSeNet().state_dict(), tmp_path / 'weights' / '79999_iter.pth')
     assert isinstance(build_mask('auto', None), FaceParserMask)
@@ -61,7 +61,7 @@ def test_face_parser_needs_weights(tmp_path, no_weight_folders):
 
 
 def test_auto_with_weights_uses_face_parser(tmp_path):
-    from gan_prune.models.bisenet import BiSeNet
+    from gan_prune.features.bisenet import BiSeNet
     path = tmp_path / 'parser.pth'
     torch.save(BiSeNet().state_dict(), path)
     assert isinstance(build_mask('auto', str(path)), FaceParserMask)
@@ -156,8 +156,8 @@ def test_prune_cli_refuses_the_shell_command_mask_with_one_line(tmp_path, capsys
 
 def test_bundled_demo_mask_is_data_and_loads_without_trust():
     from gan_prune.assets import FACE_MASK as DEMO_FACE_MASK
-    from gan_prune.models.segmenter import ContentSegmenter
-    from gan_prune.io.trusted import is_torchscript_archive
+    from gan_prune.features.segmenter import ContentSegmenter
+    from gan_prune.features.torchscript import is_torchscript_archive
     assert not is_torchscript_archive(DEMO_FACE_MASK)
     provider = build_mask('demo-faces')
     assert type(provider.model) is ContentSegmenter

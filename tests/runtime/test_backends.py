@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gan_prune.errors import GanPruneError
-from gan_prune.nets.slim import SlimGenerator
+from gan_prune.generator.slim import SlimGenerator
 from gan_prune.runtime.backends import BACKENDS, COMPILE_TOLERANCE
 
 CHANNELS = {'b4.const': 7, 'b4.out': 6, 'b8.mid': 5, 'b8.out': 9, 'b16.mid': 4, 'b16.out': 3}

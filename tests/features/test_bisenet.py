@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gan_prune.errors import GanPruneError
-from gan_prune.models.bisenet import NUM_CLASSES, BiSeNet, load_bisenet
+from gan_prune.features.bisenet import NUM_CLASSES, BiSeNet, load_bisenet
 from gan_prune.prune.masks import FaceParserMask
 
 # Names and shapes as stored in the public face-parsing weights file (a sample across every sub-module).

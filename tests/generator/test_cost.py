@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from gan_prune.nets import cost
+from gan_prune.generator import cost
 
 PAPER256 = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64}
 

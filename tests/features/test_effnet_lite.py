@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gan_prune.errors import GanPruneError
-from gan_prune.models import effnet_lite
+from gan_prune.features import effnet_lite
 
 CAT_CLASSES = {281, 282, 283, 284, 285}       # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {967, 968, 504}              # espresso, cup, coffee mug

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from gan_prune.nets import slim
-from gan_prune.nets.slim import SlimGenerator, feature_map_names
+from gan_prune.generator import slim
+from gan_prune.generator.slim import SlimGenerator, feature_map_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMPAT = os.path.join(REPO, 'third_party', 'stylegan2_ada')

@@ -7,6 +7,9 @@ no squeeze-and-excitation, and a stem/head that are not scaled with width.
 
 Input: float images NCHW, normalised per channel with IMAGENET_MEAN/IMAGENET_STD after mapping to [0, 1]
 (`preprocess` does that). Native resolution 224, but any size >= 32 works (global average pooling).
+
+Both users of the network (the `effnet-lite0` metric detector and the DiME embedder) build it with
+`load_efficientnet_lite0` and prepare its input with `preprocess`; they differ only in the options they pass.
 """
 from __future__ import annotations
 
@@ -118,14 +121,25 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self._dropout(self.features(x)))
 
 
-def preprocess(img01: torch.Tensor, resize: bool = True) -> torch.Tensor:
-    """[0, 1] NCHW RGB images -> the network's input (bilinear resize to 224 if asked, then mean/std)."""
-    if resize and tuple(img01.shape[-2:]) != (NATIVE_RESOLUTION, NATIVE_RESOLUTION):
-        img01 = F.interpolate(img01, size=(NATIVE_RESOLUTION, NATIVE_RESOLUTION), mode='bilinear',
-                              align_corners=False, antialias=img01.shape[-1] > NATIVE_RESOLUTION)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
-    return (img01 - mean) / std
+def preprocess(images: torch.Tensor, resize: bool = True, *, resolution: int = NATIVE_RESOLUTION,
+               signed: bool = False, normalize: bool = True, antialias: bool = True) -> torch.Tensor:
+    """NCHW RGB images -> the network's input; the one place where EfficientNet-Lite0 inputs are prepared.
+
+    images: in [0, 1], or in [-1, 1] with signed=True. resize: bilinear to `resolution` px (antialiased when it
+    shrinks, if `antialias`). normalize: map to [0, 1] and apply the ImageNet mean/std the weights expect;
+    without it the pixels go in as they are. The metric detector uses the defaults on [0, 1] pixels; the DiME
+    embedder passes signed=True, its own resolution and normalize flag, and antialias=False (as released).
+    """
+    if resize and tuple(images.shape[-2:]) != (resolution, resolution):
+        images = F.interpolate(images, size=(resolution, resolution), mode='bilinear', align_corners=False,
+                               antialias=antialias and images.shape[-1] > resolution)
+    if not normalize:
+        return images
+    if signed:
+        images = (images + 1) * 0.5
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
 
 
 def default_weights_path() -> str:

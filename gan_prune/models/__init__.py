@@ -1,1 +1,0 @@
-"""Frozen third-party architectures we implement ourselves (weights come from local files)."""

@@ -1,1 +1,0 @@
-"""Network definitions of our own: the slim generator and its cost model."""
