@@ -115,7 +115,7 @@ def _load_lpips_vgg(path: str | None) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def _load_vgg16_features(path: str) -> nn.Module:
+def _load_vgg16_features(path: str) -> nn.Sequential:
     import torchvision
     from gan_prune.weights import resolve_weights
     found = resolve_weights(path)

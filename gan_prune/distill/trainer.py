@@ -203,7 +203,7 @@ class Trainer:
         self.grid_z = torch.randn([self.grid[0] * self.grid[1], self.G_s.z_dim], generator=torch.Generator().manual_seed(seed))
         self.grid_c = self.source.sample_labels(self.grid_z.shape[0], generator=torch.Generator().manual_seed(seed))
         if self.resume_dir:
-            self._load_resume()
+            self._load_resume(self.resume_dir)
         self.start_tick()
 
     def _load_networks(self) -> Networks:
@@ -299,8 +299,8 @@ class Trainer:
         """Every piece of state needed to continue exactly (collective: every process must call it)."""
         return checkpoint.resume_state(self)
 
-    def _load_resume(self) -> None:
-        self._resume_processes = checkpoint.load_resume(self, self.resume_dir)
+    def _load_resume(self, resume_dir: str) -> None:
+        self._resume_processes = checkpoint.load_resume(self, resume_dir)
         if self.is_main:
             rd.truncate_stats(self.run_dir, self.cur_nimg)  # rows after the checkpoint are written again
             rd.truncate_metrics(os.path.join(self.run_dir, METRICS_FILE), self.cur_nimg)
