@@ -531,3 +531,24 @@ def test_phases_reproduce_the_reference_step_bit_for_bit(files, tmp_path, varian
     assert any(k.endswith('r1_penalty') for k in reference['stats'])
     for key in ('weights', 'opt', 'stats', 'counters', 'rng'):
         assert_identical(reference[key], phased[key], key)
+
+
+@pytest.mark.parametrize('overrides, expected', [
+    (dict(), [('G', 1, 1.0), ('Greg', 2, 2.0), ('DS', 1, 1.0), ('DSreg', 2, 2.0), ('DT', 1, 1.0), ('DTreg', 2, 2.0)]),
+    (dict(kd='none', teacher_d=False, g_reg_interval=None, d_reg_interval=4, pl_weight=0.0),
+     [('G', 1, 1.0), ('DS', 1, 1.0), ('DSreg', 4, 4.0)]),
+], ids=['method', 'no-teacher-d'])
+def test_setup_builds_the_phases_of_the_options(files, tmp_path, overrides, expected):
+    opts = loop.resolve_options(base_options(files, tmp_path, dime='', **overrides))
+    device = torch.device('cpu')
+    trainer = loop.Trainer(opts, rd.create_run_dir(tmp_path, 'phases'), loop.Dist(0, 1, device), device)
+    trainer.setup()
+    trainer.source.close()
+    assert [(p.name, p.interval, p.gain) for p in trainer.phases] == expected
+    assert [p.due(2) for p in trainer.phases] == [2 % interval == 0 for _, interval, _ in expected]
+    by_name = {p.name: p for p in trainer.phases}
+    assert by_name['G'].optimizer is trainer.opt_G and by_name['DS'].optimizer is trainer.opt_D['DS']
+    assert by_name['DS'].modules[0] is trainer.D_s
+    if 'DT' in by_name:  # NICKEL's projection learns with D^S, D^T alone in its phase
+        assert by_name['DT'].modules == (trainer.D_t,)
+        assert set(by_name['DS'].modules[1:]) == set(trainer.loss.trainable_terms().values())
