@@ -23,8 +23,6 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from dnnlib.util import format_time
-from torch_utils import training_stats
 
 from gan_prune import fileio
 from gan_prune.core.fingerprint import module_fingerprint as module_checksum  # replica comparison
@@ -161,7 +159,7 @@ class Trainer:
         self._stats: dict[str, list[torch.Tensor]] = {}
         self._nonfinite = torch.zeros([], dtype=torch.bool, device=device)  # some loss of the tick was NaN/inf
         self._finite_seen = torch.zeros([], dtype=torch.bool, device=device)  # some loss of the tick was finite
-        self._collector: training_stats.Collector | None = None
+        self._collector: Any = None  # a torch_utils.training_stats.Collector, made by setup()
 
     # -- setup
 
@@ -196,7 +194,9 @@ class Trainer:
         if self.D_t is not None:
             self.opt_D['DT'] = lazy_adam(self.D_t.parameters(), opts['lr'], self.d_interval)
         self.phases = build_phases(self.loss, self.opt_G, self.opt_D, self.g_interval, self.d_interval)
-        training_stats.init_multiprocessing(self.rank, device if self.dist.active else None)
+        from torch_utils import training_stats  # the compatibility layer in use (see gan_prune.compat)
+        if self.dist.active:  # one trainer per process here: the collector sums over processes on this device
+            training_stats.init_multiprocessing(self.rank, device)
         self._collector = training_stats.Collector(regex=RECORDED_STATS, keep_previous=False)
         for m in self._trained_modules():
             self.dist.broadcast_module(m)
@@ -368,6 +368,7 @@ class Trainer:
     def reduce_tick_stats(self) -> dict[str, dict]:
         """{key: {'num', 'mean', 'std'}} of the tick's values over all processes (torch_utils.training_stats;
         NaN/inf values are left out, as there: Progress/nonfinite_losses counts them). Collective."""
+        from torch_utils import training_stats
         if self._collector is None:
             raise RuntimeError('reduce_tick_stats() needs setup() first')
         keys = self.dist.broadcast_object(sorted(self._stats))  # every process reports the same names
@@ -515,6 +516,7 @@ class Trainer:
         return ', '.join(parts)
 
     def _end_tick(self, tick_start_nimg: int, tick_start_time: float, done: bool) -> None:
+        from dnnlib.util import format_time
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)  # the tick's kernels have finished before its time is taken
         self.check_finite()
