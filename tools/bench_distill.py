@@ -72,13 +72,13 @@ def time_variant(nets: tuple, options: dict, steps: int, workdir: str) -> tuple[
     """Median (wall seconds, CPU seconds of this process) per training iteration."""
     from gan_prune.distill.collective import Dist
     from gan_prune.distill.options import resolve_options
-    from gan_prune.distill.trainer import Networks, Trainer
+    from gan_prune.distill.trainer import Networks, Trainer, fresh_discriminator
 
     G_t, D_t, G_s = nets
     opts = resolve_options(options)
     device = torch.device('cpu')
     trainer = Trainer(opts, workdir, Dist(0, 1, device), device)
-    D_s = Trainer._fresh_discriminator(D_t, 0)
+    D_s = fresh_discriminator(D_t, 0)
     trainer.setup(networks=Networks(G_t=copy.deepcopy(G_t), G_s=G_s, G_ema=G_s, D_teacher=D_t, D_s=D_s))
     wall, cpu = [], []
     for i in range(steps + 1):

@@ -10,7 +10,6 @@ the same StyleGAN2-ADA generator, interleaved, and the medians are compared; out
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
@@ -20,18 +19,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_utils.ops import bias_act, conv2d_resample, upfirdn2d
+from torch_utils.ops import bias_act, replaced_reference_ops
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Straightforward implementations of the definitions (the baseline).
 
+def parse_scaling(scaling) -> tuple[int, int]:
+    """int or [x, y] -> (x, y)."""
+    return (int(scaling), int(scaling)) if isinstance(scaling, (int, np.integer)) else (int(scaling[0]), int(scaling[1]))
+
+
+def parse_padding(padding) -> tuple[int, int, int, int]:
+    """int, [x, y] or [x0, x1, y0, y1] -> (x0, x1, y0, y1)."""
+    if isinstance(padding, (int, np.integer)):
+        padding = [padding, padding]
+    if len(padding) == 2:
+        padding = [padding[0], padding[0], padding[1], padding[1]]
+    x0, x1, y0, y1 = (int(p) for p in padding)
+    return x0, x1, y0, y1
+
+
+def filter_size(f) -> tuple[int, int]:
+    """(width, height) of a FIR filter; a 1-D filter runs along both axes; None is 1x1."""
+    return (1, 1) if f is None else (int(f.shape[-1]), int(f.shape[0]))
+
+
 def plain_upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    upx, upy = upfirdn2d._parse_scaling(up)
-    downx, downy = upfirdn2d._parse_scaling(down)
-    x0, x1, y0, y1 = upfirdn2d._parse_padding(padding)
+    upx, upy = parse_scaling(up)
+    downx, downy = parse_scaling(down)
+    x0, x1, y0, y1 = parse_padding(padding)
     N, C, H, W = x.shape
     x = x.reshape(N, C, H, 1, W, 1)
     x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1]).reshape(N, C, H * upy, W * upx)
@@ -57,8 +76,8 @@ def plain_conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_
         return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
 
     out_ch, Ig, kh, kw = w.shape
-    fw, fh = upfirdn2d._get_filter_size(f)
-    px0, px1, py0, py1 = upfirdn2d._parse_padding(padding)
+    fw, fh = filter_size(f)
+    px0, px1, py0, py1 = parse_padding(padding)
     if up > 1:
         px0, px1, py0, py1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
     if down > 1:
@@ -105,17 +124,10 @@ def plain_bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=
     return x
 
 
-@contextlib.contextmanager
 def straightforward_ops():
-    """Swap the straightforward implementations in for the duration of the block."""
-    saved = (upfirdn2d._upfirdn2d_native, conv2d_resample.conv2d_resample, bias_act._bias_act_native)
-    upfirdn2d._upfirdn2d_native = plain_upfirdn2d
-    conv2d_resample.conv2d_resample = plain_conv2d_resample
-    bias_act._bias_act_native = plain_bias_act
-    try:
-        yield
-    finally:
-        upfirdn2d._upfirdn2d_native, conv2d_resample.conv2d_resample, bias_act._bias_act_native = saved
+    """Run the straightforward implementations in place of the ops' reference paths for the duration of a block."""
+    return replaced_reference_ops(upfirdn2d=plain_upfirdn2d, conv2d_resample=plain_conv2d_resample,
+                                  bias_act=plain_bias_act)
 
 
 # ------------------------------------------------------------------------------------------------------------------

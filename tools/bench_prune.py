@@ -156,26 +156,31 @@ def weight_mib(G: torch.nn.Module) -> float:
 @torch.no_grad()
 def block_times(G, repeats: int = 3) -> dict:
     """Median process CPU seconds spent in each synthesis block (and the mapping network) per eager call."""
-    totals = {}
+    totals: dict[str, list[float]] = {}
     blocks = {getattr(G.synthesis, f'b{r}'): f'b{r}' for r in G.synthesis.block_resolutions}
-
-    def timed(fn, name):
-        def wrapper(*args, **kwargs):
-            start = time.process_time()
-            result = fn(*args, **kwargs)
-            totals.setdefault(name, []).append(time.process_time() - start)
-            return result
-        return wrapper
-
     modules = {G.mapping: 'mapping', **blocks}
+    started: dict[str, float] = {}
+
+    def start(name):
+        def hook(module, args):
+            started[name] = time.process_time()
+        return hook
+
+    def stop(name):
+        def hook(module, args, output):
+            totals.setdefault(name, []).append(time.process_time() - started.pop(name))
+        return hook
+
+    handles = []
     for module, name in modules.items():
-        module.forward = timed(module.forward, name)
+        handles.append(module.register_forward_pre_hook(start(name)))
+        handles.append(module.register_forward_hook(stop(name)))
     try:
         from gan_prune.runtime.latency import generator_latency
         generator_latency(G, batch=BATCH, repeats=repeats, warmup=1)
     finally:
-        for module in modules:
-            module.__dict__.pop('forward', None)
+        for handle in handles:
+            handle.remove()
     return {name: statistics.median(v[1:]) for name, v in totals.items()}  # drop the warm-up call
 
 

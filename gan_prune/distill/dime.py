@@ -16,7 +16,9 @@ frozen and teacher embeddings are detached.
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -102,7 +104,8 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = DE
                                                                              device=x.device)
 
     def kernel(d2: torch.Tensor) -> torch.Tensor:
-        return sum(torch.exp(-d2 / (2 * (s * sigma) ** 2)) for s in scales) / len(scales)
+        total: torch.Tensor = functools.reduce(operator.add, [torch.exp(-d2 / (2 * (s * sigma) ** 2)) for s in scales])
+        return total / len(scales)
 
     k_xx, k_yy, k_xy = kernel(pairwise_sq_dists(x, x)), kernel(pairwise_sq_dists(y, y)), kernel(pairwise_sq_dists(x, y))
     # Unbiased: leave out the i == j terms of the within-sample sums.
@@ -114,6 +117,8 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = DE
 class KernelMMD(DiMEEstimator):
     """Unbiased Gaussian-kernel MMD^2 (bandwidths: median heuristic x `scales`) against fresh teacher
     embeddings, or against `bank_batch` random rows of a stored teacher embedding `bank` [M, d]."""
+
+    bank: torch.Tensor | None  # a buffer when given
 
     def __init__(self, bank: torch.Tensor | np.ndarray | None = None, scales: Sequence[float] = DEFAULT_MMD_SCALES,
                  bank_batch: int | None = DEFAULT_BANK_BATCH, seed: int = 0):
@@ -133,11 +138,14 @@ class KernelMMD(DiMEEstimator):
         self._generator = torch.Generator().manual_seed(seed)  # which bank rows; CPU so it works on any device
 
     def sample_bank(self) -> torch.Tensor:
-        m = self.bank.shape[0]
+        bank = self.bank
+        if bank is None:
+            raise ValueError('this MMD estimator has no teacher embedding bank; pass teacher embeddings instead')
+        m = bank.shape[0]
         if self.bank_batch is None or self.bank_batch >= m:
-            return self.bank
+            return bank
         rows = torch.randperm(m, generator=self._generator)[:self.bank_batch]
-        return self.bank[rows.to(self.bank.device)]
+        return bank[rows.to(bank.device)]
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
         if teacher is None:
@@ -275,7 +283,7 @@ class DiMELoss(nn.Module):
 
     def forward(self, student_img: torch.Tensor, teacher_img: torch.Tensor | None = None) -> torch.Tensor:
         values = self.term_values(student_img, teacher_img)
-        return sum(w * values[n] for n, w in zip(self.names, self.weights))
+        return functools.reduce(operator.add, [w * values[n] for n, w in zip(self.names, self.weights)])
 
     @classmethod
     def build(cls, spec: str, estimator: str = DISTILL['dime_estimator'], stats=None,
@@ -306,6 +314,7 @@ class DiMELoss(nn.Module):
             if entry is not None and entry.dim != embedder.dim:
                 raise GanPruneError(f'teacher statistics for {embedder.name} are {entry.dim}-d but the embedder gives '
                                     f'{embedder.dim}-d; recompute them with the same weights')
+            est: DiMEEstimator
             if estimator == 'moments':
                 est = MomentsDiME(entry.mu1, entry.mu2) if entry is not None else MomentsDiME()
             else:

@@ -61,7 +61,7 @@ class MixedLatents:
 def map_latents(G: nn.Module, latents: MixedLatents) -> torch.Tensor:
     """ws [N, num_ws, w_dim] of G for these latents, style mixing applied."""
     ws = G.mapping(latents.z, latents.c)
-    if latents.z2 is not None:
+    if latents.z2 is not None and latents.cutoff is not None:  # set together by MixedLatents.sample
         # The second latent must not move w_avg: it is not an extra sample of the training distribution.
         ws2 = G.mapping(latents.z2, latents.c, skip_w_avg_update=True)
         take_second = torch.arange(ws.shape[1], device=ws.device)[None, :] >= latents.cutoff[:, None]
@@ -166,8 +166,6 @@ class DistillLoss:
         if G_s.num_ws != G_t.num_ws or G_s.z_dim != G_t.z_dim or G_s.c_dim != G_t.c_dim:
             raise GanPruneError('student and teacher generators differ in z_dim, c_dim or num_ws; the student must be '
                                 'a pruned copy of the teacher (gan-prune prune)')
-        if nickel is not None and nickel_res is None:
-            raise ValueError('nickel_res is required with a NICKEL loss')
         self.G_s, self.G_t, self.D_s, self.D_t = G_s, G_t, D_s, D_t
         terms = list(terms)
         if dime is not None:
@@ -175,6 +173,8 @@ class DistillLoss:
         if cagan is not None:
             terms.append(CaganTerm(cagan))
         if nickel is not None:
+            if nickel_res is None:
+                raise ValueError('nickel_res is required with a NICKEL loss')
             terms.append(NickelTerm(nickel, nickel_res, nickel_weight))
         self.terms = terms
         self.r1_gamma, self.pl_weight = float(r1_gamma), float(pl_weight)
@@ -214,6 +214,14 @@ class DistillLoss:
     def cagan(self) -> CaganKD | None:
         term = self._term('cagan')
         return term.kd if term is not None else None
+
+    def discriminator(self, which: str) -> nn.Module:
+        """D^S for 'DS', D^T for 'DT'."""
+        if which == 'DS':
+            return self.D_s
+        if which == 'DT' and self.D_t is not None:
+            return self.D_t
+        raise ValueError(f'no discriminator {which!r} in this objective; it has {", ".join(self.discriminators())}')
 
     def discriminators(self) -> dict[str, nn.Module]:
         return {'DS': self.D_s} if self.D_t is None else {'DS': self.D_s, 'DT': self.D_t}
@@ -277,7 +285,7 @@ class DistillLoss:
                            real_c: torch.Tensor, teacher_latents: MixedLatents | None = None,
                            with_r1: bool = False) -> tuple[torch.Tensor, dict]:
         """Batch-mean loss of D^S ('DS') or D^T ('DT'): adversarial, NICKEL (D^S only), and R1 if with_r1."""
-        D = self.D_s if which == 'DS' else self.D_t
+        D = self.discriminator(which)
         fake_logits = self._D(D, fake_img, fake_c)
         real = real_img.detach().requires_grad_(with_r1 and self.r1_gamma > 0)
         real_logits = self._D(D, real, real_c)
@@ -302,7 +310,7 @@ class DistillLoss:
 
     def discriminator_reg(self, which: str, real_img: torch.Tensor, real_c: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Batch-mean weighted R1 penalty of one discriminator (the lazy regularisation step)."""
-        D = self.D_s if which == 'DS' else self.D_t
+        D = self.discriminator(which)
         if self.r1_gamma == 0:
             return real_img.new_zeros([]), {}
         real = real_img.detach().requires_grad_(True)
@@ -312,7 +320,10 @@ class DistillLoss:
 
     def nickel_term(self, latents: MixedLatents) -> torch.Tensor:
         """L_NICKEL of this objective's NICKEL term (unweighted)."""
-        return self.nickel_features_loss(self.nickel, self.nickel_res, latents)
+        nickel, resolution = self.nickel, self.nickel_res
+        if nickel is None or resolution is None:
+            raise ValueError('this objective has no NICKEL term')
+        return self.nickel_features_loss(nickel, resolution, latents)
 
     def nickel_features_loss(self, nickel: nn.Module, resolution: int, latents: MixedLatents) -> torch.Tensor:
         """`nickel`(teacher-G features at `resolution`, D^S features on the teacher image); grad to D^S only."""

@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Iterable  # noqa: F401  (Callable: the row filters of the stats files)
+from typing import IO, Any, Callable, Iterable, TextIO  # noqa: F401  (Callable: the row filters of the stats files)
 
 import numpy as np
 import torch
@@ -127,7 +127,10 @@ def fingerprint_input(source: str) -> str:
         from gan_prune.io.download import download
         path = download(source, progress=False)
     else:
-        path = fileio.local_path(source)
+        local = fileio.local_path(source)
+        if local is None:
+            return MISSING
+        path = local
     if os.path.isdir(path):
         return 'folder:' + fileio.folder_fingerprint(path)
     if os.path.isfile(path):
@@ -151,21 +154,22 @@ def check_input_fingerprints(run_dir: str, saved: dict, current: dict) -> None:
                             f'the file from a backup or start a new run')
     for key, flag in FINGERPRINTED_INPUTS.items():
         old, new = saved.get(key), current.get(key)
-        if old is None and new is None:
-            continue
-        if old is not None and new is not None and old['fingerprint'] == new['fingerprint']:
-            continue
-        shown = (new or old)['path']
         if new is None:
+            if old is None:
+                continue
+            shown = old['path']
             reason = f'the run was started with {flag} {old["path"]}, now there is none'
         elif old is None:
+            shown = new['path']
             reason = f'the run was started without {flag}'
+        elif old['fingerprint'] == new['fingerprint']:
+            continue
         elif new['fingerprint'] == MISSING:
-            reason = 'the file is missing'
+            shown, reason = new['path'], 'the file is missing'
         elif os.path.abspath(str(old['path'])) != os.path.abspath(str(new['path'])):
-            reason = f'it differs from {old["path"]}, which the run was started with'
+            shown, reason = new['path'], f'it differs from {old["path"]}, which the run was started with'
         else:
-            reason = 'its contents changed since the run started'
+            shown, reason = new['path'], 'its contents changed since the run started'
         latest = latest_snapshot(run_dir)
         fresh = (f'start a new run from the last snapshot (--resume {latest}, not bit-exact)' if latest
                  else 'start a new run')
@@ -197,8 +201,8 @@ class LogTee:
 
     def __init__(self, path: str):
         self.path = path
-        self._file = None
-        self._stdout = None
+        self._file: IO[str] | None = None
+        self._stdout: TextIO = sys.stdout
 
     def __enter__(self) -> 'LogTee':
         self._file = open(self.path, 'a', encoding='utf-8')
@@ -208,13 +212,15 @@ class LogTee:
 
     def write(self, text: str) -> int:
         self._stdout.write(text)
-        self._file.write(text)
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(text)
+            self._file.flush()
         return len(text)
 
     def flush(self) -> None:
         self._stdout.flush()
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
 
     def isatty(self) -> bool:
         return False
@@ -222,7 +228,9 @@ class LogTee:
     def __exit__(self, *exc) -> None:
         if sys.stdout is self:
             sys.stdout = self._stdout
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -248,7 +256,7 @@ def read_stats(path: str) -> list[dict]:
     """All complete rows of a stats.jsonl (a torn last line from a crash is ignored)."""
     if os.path.isdir(path):
         path = os.path.join(path, STATS_FILE)
-    rows = []
+    rows: list[dict] = []
     if not os.path.exists(path):
         return rows
     with open(path, encoding='utf-8') as f:
@@ -371,7 +379,9 @@ def load_resume(run_dir: str) -> dict:
 
 def get_rng_state(device: torch.device | None = None) -> dict:
     import random
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):
+        raise TypeError('numpy returned its random state as a dict; expected the legacy tuple')
     state = {
         'torch': torch.get_rng_state(),
         'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),

@@ -1,11 +1,9 @@
 """The trainer: one process's networks, objective, optimisers, data and counters, and the loop over ticks.
 
-One iteration (batch = `batch` images over all processes, split into rounds of `batch_gpu` per process):
-  1. G^S step: adversarial against D^S (and D^T) + KD; every `g_reg_interval` iterations an extra
-     path-length step (lazy regularisation, loss scaled by the interval);
-  2. D^S step: adversarial + NICKEL; every `d_reg_interval` iterations an extra R1 step;
-  3. D^T step (unless teacher_d is off): adversarial; lazily R1;
-  4. EMA of G^S into G_ema with a half-life of `ema_kimg`.
+One iteration (batch = `batch` images over all processes, split into rounds of `batch_gpu` per process) runs
+the phases that are due (gan_prune.distill.phases: G^S, its lazy path-length step, D^S with NICKEL, its lazy R1
+step, D^T and its R1 step), then moves G_ema towards G^S with a half-life of `ema_kimg`. The objective comes from
+gan_prune.distill.objective, built once in `setup()`.
 Each of G^S, D^S, D^T has its own Adam (betas 0, 0.99) with StyleGAN2's lazy-regularisation scaling
 lr * c, betas ** c, c = k / (k + 1).
 
@@ -17,11 +15,11 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -32,11 +30,15 @@ from gan_prune.distill import checkpoint
 from gan_prune.distill import rundir as rd
 from gan_prune.distill.collective import Dist
 from gan_prune.distill.losses import DistillLoss
+from gan_prune.distill.objective import GameNetworks, build_objective, teacher_stats_path
 from gan_prune.distill.options import resume_run_dir, warm_start_snapshot
+from gan_prune.distill.phases import Phase, StepInputs, build_phases
+from gan_prune.distill.terms import TermEnv
 from gan_prune.errors import GanPruneError
 
-TEACHER_STATS_FILE = 'teacher_stats.npz'
 METRICS_FILE = 'metrics.jsonl'
+# The statistics a trainer records (reduced at each tick by torch_utils.training_stats).
+RECORDED_STATS = r'(Loss|Progress)/.*'
 
 
 def batch_layout(batch: int, batch_gpu: int | None, world: int) -> tuple[int, int]:
@@ -50,7 +52,7 @@ def batch_layout(batch: int, batch_gpu: int | None, world: int) -> tuple[int, in
     return batch_gpu, per_process // batch_gpu
 
 
-def lazy_adam(params, lr: float, interval: int | None) -> torch.optim.Adam:
+def lazy_adam(params: Iterable[torch.nn.Parameter], lr: float, interval: int | None) -> torch.optim.Adam:
     """Adam with betas (0, 0.99), eps 1e-8; with lazy regularisation every `interval` steps the learning rate
     and betas are scaled by c = interval / (interval + 1) (StyleGAN2, appendix B)."""
     c = interval / (interval + 1) if interval else 1.0
@@ -80,7 +82,7 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
 NONFINITE_GRAD_REPLACEMENT = dict(nan=0.0, posinf=1e5, neginf=-1e5)
 
 
-def sanitize_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
+def sanitize_grads(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     """Replace NaN/inf gradient entries in place (see NONFINITE_GRAD_REPLACEMENT) and return how many there
     were, as a tensor on the gradients' device (no synchronisation). One overflow, e.g. in mixed precision,
     then costs one step instead of the run."""
@@ -103,10 +105,43 @@ class Networks:
     D_s: torch.nn.Module | None = None
 
 
-class Trainer:
-    """Everything one process needs for a run: networks, losses, optimisers, data, counters."""
+def fresh_discriminator(D_teacher: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A randomly initialised D with the teacher D's architecture (the same on every process for one seed);
+    what --ds-init random starts D^S from. Leaves the global random state as it was."""
+    kwargs = getattr(D_teacher, 'init_kwargs', None)
+    if kwargs is None:
+        raise GanPruneError('the teacher D carries no init_kwargs, so a fresh D^S cannot be built; '
+                            'use --ds-init teacher')
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return type(D_teacher)(*getattr(D_teacher, 'init_args', ()), **kwargs)
 
-    def __init__(self, opts: dict, run_dir: str, dist: Dist, device: torch.device, tick_callback=None):
+
+class Trainer:
+    """Everything one process needs for a run: networks, objective, optimisers, phases, data, counters.
+
+    Nothing is built before `setup()`; after it, `train_step()` runs one iteration and `run()` the whole loop
+    (which calls setup itself)."""
+
+    # Built by setup().
+    G_s: torch.nn.Module
+    G_ema: torch.nn.Module
+    G_t: torch.nn.Module
+    D_s: torch.nn.Module
+    D_t: torch.nn.Module | None
+    D_teacher_frozen: torch.nn.Module | None
+    loss: DistillLoss
+    opt_G: torch.optim.Optimizer
+    opt_D: dict[str, torch.optim.Optimizer]
+    phases: list[Phase]
+    source: Any  # gan_prune.data.datasets.RealImageSource or TeacherSampleDataset
+    data_desc: str
+    training_set_kwargs: dict | None
+    grid_z: torch.Tensor
+    grid_c: torch.Tensor
+
+    def __init__(self, opts: dict, run_dir: str, dist: Dist, device: torch.device,
+                 tick_callback: Callable[[dict], None] | None = None):
         self.opts, self.run_dir, self.dist, self.device = opts, run_dir, dist, device
         self.rank, self.world = dist.rank, dist.world
         self.tick_callback = tick_callback
@@ -120,6 +155,11 @@ class Trainer:
         self.d_interval = int(opts['d_reg_interval']) if opts['d_reg_interval'] and opts['gamma'] > 0 else None
         self.cur_nimg = self.cur_tick = self.batch_idx = 0
         self.elapsed = 0.0
+        self._resume_processes: list = []  # per-process RNG and data states of the checkpoint, restored last
+        self._stats: dict[str, list[torch.Tensor]] = {}
+        self._nonfinite = torch.zeros([], dtype=torch.bool, device=device)  # some loss of the tick was NaN/inf
+        self._finite_seen = torch.zeros([], dtype=torch.bool, device=device)  # some loss of the tick was finite
+        self._collector: Any = None  # a torch_utils.training_stats.Collector, made by setup()
 
     # -- setup
 
@@ -144,18 +184,27 @@ class Trainer:
         self._place_networks(networks if networks is not None else self._load_networks())
         self._check_shapes()
         self._setup_data()
-        self._setup_losses()
+        self.loss = build_objective(opts, GameNetworks(G_s=self.G_s, G_t=self.G_t, D_s=self.D_s, D_t=self.D_t),
+                                    TermEnv(G_t=self.G_t, D_s=self.D_s, device=device, trust=bool(opts['trust']),
+                                            log=self.log, teacher_stats=self._teacher_stats),
+                                    all_reduce_mean=self.dist.all_reduce_mean if self.dist.active else None)
         self.opt_G = lazy_adam(self.G_s.parameters(), opts['lr'], self.g_interval)
-        self.opt_D = {'DS': lazy_adam(list(self.D_s.parameters()) + self._nickel_params(), opts['lr'], self.d_interval)}
+        self.opt_D = {'DS': lazy_adam(list(self.D_s.parameters()) + self._kd_term_params(), opts['lr'],
+                                      self.d_interval)}
         if self.D_t is not None:
             self.opt_D['DT'] = lazy_adam(self.D_t.parameters(), opts['lr'], self.d_interval)
+        self.phases = build_phases(self.loss, self.opt_G, self.opt_D, self.g_interval, self.d_interval)
+        from torch_utils import training_stats  # the compatibility layer in use (see gan_prune.compat)
+        if self.dist.active:  # one trainer per process here: the collector sums over processes on this device
+            training_stats.init_multiprocessing(self.rank, device)
+        self._collector = training_stats.Collector(regex=RECORDED_STATS, keep_previous=False)
         for m in self._trained_modules():
             self.dist.broadcast_module(m)
         self.grid_z = torch.randn([self.grid[0] * self.grid[1], self.G_s.z_dim], generator=torch.Generator().manual_seed(seed))
         self.grid_c = self.source.sample_labels(self.grid_z.shape[0], generator=torch.Generator().manual_seed(seed))
         if self.resume_dir:
-            self._load_resume()
-        self._start_tick_counters()
+            self._load_resume(self.resume_dir)
+        self.start_tick()
 
     def _load_networks(self) -> Networks:
         """The networks of the teacher and student pickles, or of the warm-start snapshot (`resume` a .pkl)."""
@@ -188,22 +237,11 @@ class Trainer:
             if opts['ds_init'] == 'teacher':
                 D_s = copy.deepcopy(D_teacher)
             else:
-                D_s = self._fresh_discriminator(D_teacher, int(opts['seed']))
+                D_s = fresh_discriminator(D_teacher, int(opts['seed']))
         self.D_s = copy.deepcopy(D_s).train().requires_grad_(False).to(device)
         self.D_t = D_teacher.train().requires_grad_(False).to(device) if opts['teacher_d'] else None
         self.D_teacher_frozen = None if opts['teacher_d'] else D_teacher  # kept for the snapshot
         self.training_set_kwargs = None
-
-    @staticmethod
-    def _fresh_discriminator(D_teacher: torch.nn.Module, seed: int) -> torch.nn.Module:
-        """A randomly initialised D with the teacher D's architecture (same on every process)."""
-        kwargs = getattr(D_teacher, 'init_kwargs', None)
-        if kwargs is None:
-            raise GanPruneError('the teacher D carries no init_kwargs, so a fresh D^S cannot be built; '
-                                'use --ds-init teacher')
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return type(D_teacher)(*getattr(D_teacher, 'init_args', ()), **kwargs)
 
     def _check_shapes(self) -> None:
         G_s, G_t = self.G_s, self.G_t
@@ -236,50 +274,15 @@ class Trainer:
             self.training_set_kwargs = dataset.dataset_kwargs()
             self.data_desc = f'{dataset.path} ({len(dataset)} images{" with x-flips" if opts["mirror"] else ""})'
 
-    def _setup_losses(self) -> None:
-        """The objective: the adversarial game plus the KD terms of the --kd preset, built from the registry."""
-        from gan_prune.distill.presets import get_preset
-        from gan_prune.distill.terms import TermEnv, build_terms
-        opts = self.opts
-        env = TermEnv(G_t=self.G_t, D_s=self.D_s, device=self.device, trust=bool(opts['trust']), log=self.log,
-                      teacher_stats=self._teacher_stats_path)
-        terms = build_terms(get_preset(str(opts['kd'])).terms, opts, env)
-        self.loss = DistillLoss(self.G_s, self.G_t, self.D_s, self.D_t, terms=terms,
-                                r1_gamma=opts['gamma'], pl_weight=opts['pl_weight'],
-                                pl_batch_shrink=opts['pl_batch_shrink'], pl_decay=opts['pl_decay'],
-                                style_mixing=opts['style_mixing'], force_fp32=self.force_fp32,
-                                shared_noise=opts['kd_noise'] == 'shared',
-                                all_reduce_mean=self.dist.all_reduce_mean if self.dist.active else None)
-        self.loss.path_length.to(self.device)
-
-    def _teacher_stats_path(self) -> str:
-        """The DiME teacher statistics: --dime-stats, or computed once into the run directory (main process)."""
-        stats = self.opts.get('dime_stats')
-        if not stats:
-            stats = os.path.join(self.run_dir, TEACHER_STATS_FILE)
-            if self.is_main and not os.path.exists(stats):
-                self._compute_teacher_stats(stats)
+    def _teacher_stats(self) -> str:
+        """The DiME teacher statistics: --dime-stats, or computed once into the run directory by the main process
+        while the others wait."""
+        path = teacher_stats_path(self.opts, self.run_dir, self.G_t, self.device, compute=self.is_main, log=self.log)
+        if not self.opts.get('dime_stats'):
             self.dist.barrier()
-        return stats
+        return path
 
-    def _compute_teacher_stats(self, path: str) -> None:
-        from gan_prune.distill.dime import parse_dime_spec, resolve_weight_files
-        from gan_prune.distill.embedders import build_embedder
-        from gan_prune.distill.teacher_stats import compute_teacher_stats
-        opts = self.opts
-        names = [n for n, _ in parse_dime_spec(opts['dime'])]
-        files = resolve_weight_files(names, opts['embed_weights'] or None)
-        embedders = [build_embedder(n, weights=files.get(n), trust=bool(opts['trust'])) for n in names]
-        samples = int(opts['dime_stats_samples'])
-        self.log(f'Teacher statistics for DiME: {samples} samples through {", ".join(names)} -> {path}')
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
-            compute_teacher_stats(self.G_t, embedders, path, samples=samples, batch=min(32, samples),
-                                  seed=int(opts['seed']), device=self.device, source=str(opts['teacher']),
-                                  spec=opts['dime'], bank_size=samples if opts['dime_estimator'] == 'mmd' else 0,
-                                  progress=True)
-        self.G_t.eval().requires_grad_(False)
-
-    def _nickel_params(self) -> list:
+    def _kd_term_params(self) -> list[torch.nn.Parameter]:
         """Parameters of the trainable KD terms (NICKEL's projection), trained with D^S."""
         return [p for term in self.loss.trainable_terms().values() for p in term.parameters()]
 
@@ -296,75 +299,55 @@ class Trainer:
         """Every piece of state needed to continue exactly (collective: every process must call it)."""
         return checkpoint.resume_state(self)
 
-    def _load_resume(self) -> None:
-        self._resume_processes = checkpoint.load_resume(self, self.resume_dir)
+    def _load_resume(self, resume_dir: str) -> None:
+        self._resume_processes = checkpoint.load_resume(self, resume_dir)
         if self.is_main:
             rd.truncate_stats(self.run_dir, self.cur_nimg)  # rows after the checkpoint are written again
             rd.truncate_metrics(os.path.join(self.run_dir, METRICS_FILE), self.cur_nimg)
 
     def _restore_process_state(self) -> None:
         """Last step of setup: RNG and data position of this process as they were at the checkpoint."""
-        procs = getattr(self, '_resume_processes', None)
-        if not procs:
+        if not self._resume_processes:
             return
+        procs = self._resume_processes
         mine = procs[self.rank] if self.rank < len(procs) else procs[0]
         self.source.load_state_dict(mine['data'])
         rd.set_rng_state(mine['rng'], self.device)
 
     # -- one training step
 
-    def _phase(self, modules: list[torch.nn.Module], opt: torch.optim.Optimizer, compute, gain: float) -> None:
-        """Zero grads, accumulate `compute(round)` over the rounds (x gain / rounds), average, step."""
-        for m in modules:
-            m.requires_grad_(True)
-        opt.zero_grad(set_to_none=True)
-        for r in range(self.rounds):
-            loss, stats = compute(r)
-            self._record(stats)
-            finite = torch.isfinite(loss.detach())
-            self._nonfinite |= ~finite
-            self._finite_seen |= finite
-            self._record({'Progress/nonfinite_losses': (~finite).float()})
-            (loss * (gain / self.rounds)).backward()
-        params = [p for m in modules for p in m.parameters()]
-        self.dist.sync_grads(params)
-        self._record({'Progress/nonfinite_grads': sanitize_grads(params)})  # after the all-reduce: same everywhere
-        opt.step()
-        for m in modules:
-            m.requires_grad_(False)
-
     def train_step(self) -> None:
-        loss, bg = self.loss, self.batch_gpu
-        # G^S
-        g_lat = [loss.sample_latents(bg, self.source.sample_labels(bg), self.device) for _ in range(self.rounds)]
-        self._phase([self.G_s], self.opt_G, lambda r: loss.generator_main(g_lat[r]), 1.0)
-        if self.g_interval and self.batch_idx % self.g_interval == 0:
-            reg_lat = [loss.sample_latents(bg, self.source.sample_labels(bg), self.device) for _ in range(self.rounds)]
-            self._phase([self.G_s], self.opt_G, lambda r: loss.generator_reg(reg_lat[r]), float(self.g_interval))
-
-        # D^S and D^T share the real batch and the student's fakes
-        reals = [self.source.next() for _ in range(self.rounds)]
-        d_lat = [loss.sample_latents(bg, self.source.sample_labels(bg), self.device) for _ in range(self.rounds)]
-        fakes = [loss.fake_images(lat) for lat in d_lat]
-        lazy_r1 = self.d_interval is not None
-        do_r1 = lazy_r1 and self.batch_idx % self.d_interval == 0
-        for which, D in loss.discriminators().items():
-            mods = [D] + ([loss.nickel] if which == 'DS' and loss.nickel is not None else [])
-            main = (lambda r, w=which: loss.discriminator_main(w, fakes[r], d_lat[r].c, reals[r][0], reals[r][1],
-                                                               teacher_latents=d_lat[r],
-                                                               with_r1=not lazy_r1 and loss.r1_gamma > 0))
-            self._phase(mods, self.opt_D[which], main, 1.0)
-            if do_r1:
-                self._phase([D], self.opt_D[which],
-                            lambda r, w=which: loss.discriminator_reg(w, reals[r][0], reals[r][1]),
-                            float(self.d_interval))
-
-        # EMA, counters. w_avg moved with each process's own latents (G^S runs in training mode): average it.
+        """One iteration: every phase that is due, in order, then the EMA of G^S and the counters."""
+        inputs = StepInputs(self.loss, self.source, self.batch_gpu, self.rounds, self.device)
+        for phase in self.phases:
+            if phase.due(self.batch_idx):
+                self._run_phase(phase, inputs.draw(phase.inputs))
+        # w_avg moved with each process's own latents (G^S runs in training mode): average it.
         self.dist.average_buffers(self.G_s)
         update_ema(self.G_ema, self.G_s, ema_beta(self.batch, self.cur_nimg, self.opts['ema_kimg'],
                                                   self.opts['ema_rampup']))
         self.cur_nimg += self.batch
         self.batch_idx += 1
+
+    def _run_phase(self, phase: Phase, rounds: list) -> None:
+        """Zero grads, accumulate phase.compute(round) over the rounds (x gain / rounds), average, step."""
+        for m in phase.modules:
+            m.requires_grad_(True)
+        phase.optimizer.zero_grad(set_to_none=True)
+        for inputs in rounds:
+            loss, stats = phase.compute(inputs)
+            self._record(stats)
+            finite = torch.isfinite(loss.detach())
+            self._nonfinite |= ~finite
+            self._finite_seen |= finite
+            self._record({'Progress/nonfinite_losses': (~finite).float()})
+            (loss * (phase.gain / self.rounds)).backward()
+        params = phase.parameters()
+        self.dist.sync_grads(params)
+        self._record({'Progress/nonfinite_grads': sanitize_grads(params)})  # after the all-reduce: same everywhere
+        phase.optimizer.step()
+        for m in phase.modules:
+            m.requires_grad_(False)
 
     @property
     def tick_stats(self) -> dict[str, list[torch.Tensor]]:
@@ -375,42 +358,39 @@ class Trainer:
         """Forget the values recorded so far in this tick (e.g. between timed steps)."""
         self._stats = {}
 
-    def _record(self, stats: dict) -> None:
+    def _record(self, stats: dict[str, torch.Tensor]) -> None:
+        # Kept on the device until the tick ends: reading a value now would wait for the GPU.
         for key, value in stats.items():
             self._stats.setdefault(key, []).append(value.detach().float().flatten())
 
     # -- tick-boundary work (never draws random numbers)
 
-    def _reduce_stats(self) -> dict:
-        """{key: {'num', 'mean', 'std'}} over all processes."""
-        keys = sorted(self._stats)
-        keys = self.dist.broadcast_object(keys)
-        moments = []
+    def reduce_tick_stats(self) -> dict[str, dict]:
+        """{key: {'num', 'mean', 'std'}} of the tick's values over all processes (torch_utils.training_stats;
+        NaN/inf values are left out, as there: Progress/nonfinite_losses counts them). Collective."""
+        from torch_utils import training_stats
+        if self._collector is None:
+            raise RuntimeError('reduce_tick_stats() needs setup() first')
+        keys = self.dist.broadcast_object(sorted(self._stats))  # every process reports the same names
         for key in keys:
-            v = torch.cat(self._stats[key]).double() if key in self._stats else torch.zeros([0], dtype=torch.float64)
-            moments.append(torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64), v.sum(), v.square().sum()]))
-        out = {}
-        if not moments:
-            return out
-        m = torch.stack(moments).to(self.device)
-        if self.dist.active:
-            torch.distributed.all_reduce(m)
-        for key, (num, s, sq) in zip(keys, m.cpu().tolist()):
-            if num > 0:
-                mean = s / num
-                out[key] = {'num': int(num), 'mean': mean, 'std': math.sqrt(max(sq / num - mean * mean, 0.0))}
-        return out
+            values = self._stats.get(key)
+            training_stats.report(key, torch.cat(values) if values else [])
+        self._collector.update()
+        collector = self._collector
+        return {key: {'num': collector.num(key), 'mean': collector.mean(key), 'std': collector.std(key)}
+                for key in keys if collector.num(key) > 0}
 
-    def _start_tick_counters(self) -> None:
-        self._stats: dict[str, list] = {}
-        self._nonfinite = torch.zeros([], dtype=torch.bool, device=self.device)  # some loss was NaN/inf
-        self._finite_seen = torch.zeros([], dtype=torch.bool, device=self.device)  # some loss was finite
+    def start_tick(self) -> None:
+        """Start a tick's records: statistics, the non-finite flags and the peak-memory counter."""
+        self.reset_tick_stats()
+        self._nonfinite = torch.zeros([], dtype=torch.bool, device=self.device)
+        self._finite_seen = torch.zeros([], dtype=torch.bool, device=self.device)
         if self.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.device)  # Resources/peak_gpu_mem_gb is per tick
 
-    def _check_finite(self) -> None:
+    def check_finite(self) -> None:
         """Stop when a weight is NaN/inf, or when no loss of the tick was finite. A single non-finite loss (an
-        overflow) is not the end: its gradients were sanitised, and stats.jsonl counts it."""
+        overflow) is not the end: its gradients were sanitised, and stats.jsonl counts it. Collective."""
         bad = bool((self._nonfinite & ~self._finite_seen).item())
         if not bad:
             for m in self._trained_modules():
@@ -497,7 +477,7 @@ class Trainer:
         if self.cur_nimg >= total_nimg:
             self.log(f'Nothing to do: the run already reached --kimg {opts["kimg"]}')
             return
-        self._start_tick_counters()
+        self.start_tick()
         self._restore_process_state()  # last: setup above may have drawn random numbers
 
         from tqdm import tqdm
@@ -536,14 +516,15 @@ class Trainer:
         return ', '.join(parts)
 
     def _end_tick(self, tick_start_nimg: int, tick_start_time: float, done: bool) -> None:
+        from dnnlib.util import format_time
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)  # the tick's kernels have finished before its time is taken
-        self._check_finite()
+        self.check_finite()
         tick_time = time.time() - tick_start_time
         self.elapsed += tick_time
         self.cur_tick += 1
         kimg_done = (self.cur_nimg - tick_start_nimg) / 1000
-        stats = self._reduce_stats()
+        stats = self.reduce_tick_stats()
         sec_per_kimg = tick_time / max(kimg_done, 1e-9)
         stats.update({
             'Progress/tick': rd.summarize([self.cur_tick]), 'Progress/kimg': rd.summarize([self.cur_nimg / 1000]),
@@ -554,7 +535,7 @@ class Trainer:
             stats['Resources/peak_gpu_mem_gb'] = rd.summarize([torch.cuda.max_memory_allocated(self.device) / 2**30])
         losses = '  '.join(f'{k.split("/", 1)[1]} {v["mean"]:.4f}' for k, v in stats.items()
                            if k.startswith('Loss/') and k.endswith('/main'))
-        self.log(f'tick {self.cur_tick:<5d} kimg {self.cur_nimg / 1000:<9.3f} time {_format_time(self.elapsed):<10s} '
+        self.log(f'tick {self.cur_tick:<5d} kimg {self.cur_nimg / 1000:<9.3f} time {format_time(self.elapsed):<10s} '
                  f'sec/tick {tick_time:<7.1f} sec/kimg {sec_per_kimg:<8.2f} {losses}')
         if self.is_main:
             rd.append_stats(self.run_dir, stats)
@@ -564,19 +545,9 @@ class Trainer:
             path = self._snapshot()
             if path:
                 self.log(f'Snapshot {path}')
-        self._start_tick_counters()
+        self.start_tick()
         if self.tick_callback is not None:
             self.tick_callback(dict(rank=self.rank, world=self.world, cur_nimg=self.cur_nimg, cur_tick=self.cur_tick,
                                     done=done, stats=stats, snapshot=path, run_dir=self.run_dir, G=self.G_s,
                                     G_ema=self.G_ema, D=self.D_s, D_teacher=self.D_t))
 
-
-def _format_time(seconds: float) -> str:
-    s = int(round(seconds))
-    if s < 60:
-        return f'{s}s'
-    if s < 3600:
-        return f'{s // 60}m {s % 60:02d}s'
-    if s < 86400:
-        return f'{s // 3600}h {(s // 60) % 60:02d}m'
-    return f'{s // 86400}d {(s // 3600) % 24:02d}h'

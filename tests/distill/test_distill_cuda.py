@@ -86,10 +86,10 @@ def _losses_after_steps(files, tmp_path, device, steps):
     run_dir = rd.create_run_dir(tmp_path, f'steps-{device}')
     trainer = loop.Trainer(opts, run_dir, loop.Dist(0, 1, torch.device(device)), torch.device(device))
     trainer.setup()
-    trainer._start_tick_counters()
+    trainer.start_tick()
     for _ in range(steps):
         trainer.train_step()
-    return {key: torch.cat(values).cpu().double() for key, values in trainer._stats.items()}
+    return {key: torch.cat(values).cpu().double() for key, values in trainer.tick_stats.items()}
 
 
 def test_cuda_steps_match_the_cpu_run_of_the_same_seed(files, tmp_path, draws_on_the_cpu):

@@ -508,3 +508,40 @@ def test_leftovers_of_a_killed_build_neither_block_nor_load(tmp_path, monkeypatc
     monkeypatch.setattr(cpp_extension, 'load', lambda *a, **k: pytest.fail('rebuilt a cached library'))
     monkeypatch.setattr(cpp_extension, 'is_ninja_available', lambda: False)
     assert custom_ops.get_plugin('tiny_plugin', sources=[str(source)]).answer() == 42
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Replacing the reference path for a while (benchmarks compare their own implementations this way).
+
+def test_replaced_reference_ops_run_inside_the_block_only():
+    calls = []
+
+    def counting(name, real):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        return run
+
+    def lrelu_bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
+        assert act == 'lrelu' and b is None and alpha is None and gain is None and clamp is None
+        return F.leaky_relu(x, 0.2) * np.sqrt(2)
+
+    x = torch.randn([1, 2, 8, 8])
+    w = torch.randn([3, 2, 3, 3])
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    expected = (bias_act.bias_act(x, act='lrelu'), upfirdn2d.upsample2d(x, f),
+                conv2d_resample.conv2d_resample(x, w, f=f, up=2, padding=1))
+    with ops.replaced_reference_ops(bias_act=counting('bias_act', lrelu_bias_act),
+                                    upfirdn2d=counting('upfirdn2d', definition_upfirdn2d),
+                                    conv2d_resample=counting('conv2d_resample', definition_conv2d_resample)):
+        replaced = (bias_act.bias_act(x, act='lrelu'), upfirdn2d.upsample2d(x, f),
+                    conv2d_resample.conv2d_resample(x, w, f=f, up=2, padding=1))
+    assert calls == ['bias_act', 'upfirdn2d', 'conv2d_resample']
+    for a, b in zip(expected, replaced):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    bias_act.bias_act(x, act='lrelu')
+    conv2d_resample.conv2d_resample(x, w, f=f, up=2, padding=1)
+    assert len(calls) == 3 and ops.replacement('bias_act') is None
+    with pytest.raises(ValueError, match='replaceable ops'):
+        with ops.replaced_reference_ops(fma=lambda *a: None):
+            pass

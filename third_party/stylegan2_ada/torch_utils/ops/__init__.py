@@ -12,8 +12,10 @@ torch, numpy and dnnlib.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from typing import Callable, Iterator
 
 logger = logging.getLogger('torch_utils.ops')
 
@@ -21,6 +23,33 @@ _OP_MODULES = ('bias_act', 'upfirdn2d', 'conv2d_resample', 'fma', 'conv2d_gradfi
                'narrow_conv')
 _reported: set = set()
 _reported_lock = threading.Lock()
+
+# Ops whose reference path a caller may replace for a while (replaced_reference_ops), and what replaces them now.
+REPLACEABLE_OPS = ('upfirdn2d', 'bias_act', 'conv2d_resample')
+_replacements: dict[str, Callable] = {}
+
+
+@contextlib.contextmanager
+def replaced_reference_ops(**replacements: Callable) -> Iterator[None]:
+    """Inside the block, run the given functions in place of the reference path of these ops (for benchmarks
+    that compare another implementation with the shipped one on the same network): `upfirdn2d=` and
+    `bias_act=` take the arguments of the op without `impl` and replace the pure-PyTorch path (the one CPU
+    tensors take); `conv2d_resample=` replaces the whole op. Process-wide, not for concurrent use."""
+    unknown = sorted(set(replacements) - set(REPLACEABLE_OPS))
+    if unknown:
+        raise ValueError(f'cannot replace {unknown[0]!r}; replaceable ops: {", ".join(REPLACEABLE_OPS)}')
+    saved = dict(_replacements)
+    _replacements.update(replacements)
+    try:
+        yield
+    finally:
+        _replacements.clear()
+        _replacements.update(saved)
+
+
+def replacement(op: str) -> Callable | None:
+    """The function replacing `op`'s reference path now (see replaced_reference_ops), or None."""
+    return _replacements.get(op)
 
 
 def report_implementation(op: str, device_type: str, description: str) -> None:

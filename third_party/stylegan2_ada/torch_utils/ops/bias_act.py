@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import dnnlib
 
-from . import fused, report_implementation
+from . import fused, replacement, report_implementation
 
 _IMPLS = ('ref', 'cuda')
 
@@ -91,7 +91,8 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
         report_implementation('bias_act', x.device.type, describe(x.device.type))
     else:
         report_implementation('bias_act', x.device.type, _REF_DESCRIPTION)
-    return _bias_act_native(x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    native = replacement('bias_act') or _bias_act_native
+    return native(x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
 def _bias_act_fused(kernels, x: torch.Tensor, b: Optional[torch.Tensor], dim: int, act: str,

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import conv2d_gradfix
+from . import conv2d_gradfix, replacement
 from . import upfirdn2d
 from .upfirdn2d import _get_filter_size, _parse_padding, _prefers_channels_last
 
@@ -43,6 +43,10 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor] 
     [x0, x1, y0, y1], measured on the upsampled image. flip_weight=True: correlation, like
     torch.nn.functional.conv2d; False: true convolution. flip_filter: as in upfirdn2d.
     """
+    replaced = replacement('conv2d_resample')
+    if replaced is not None:
+        return replaced(x, w, f=f, up=up, down=down, padding=padding, groups=groups, flip_weight=flip_weight,
+                        flip_filter=flip_filter)
     assert isinstance(x, torch.Tensor) and x.ndim == 4, 'x must be [N, C, H, W]'
     assert isinstance(w, torch.Tensor) and w.ndim == 4 and w.dtype == x.dtype, 'w must be 4-D with the dtype of x'
     assert f is None or (isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32), \

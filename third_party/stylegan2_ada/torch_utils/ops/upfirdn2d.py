@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import conv2d_gradfix
-from . import fused, report_implementation
+from . import fused, replacement, report_implementation
 
 IntOrPair = Union[int, Sequence[int]]
 Padding = Union[int, Sequence[int]]
@@ -125,7 +125,8 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntOrPair = 1, dow
         report_implementation('upfirdn2d', x.device.type, describe(x.device.type))
     else:
         report_implementation('upfirdn2d', x.device.type, _REF_DESCRIPTION)
-    return _upfirdn2d_native(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+    native = replacement('upfirdn2d') or _upfirdn2d_native
+    return native(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
 def _upfirdn2d_fused(kernels, x: torch.Tensor, f: torch.Tensor, up: IntOrPair, down: IntOrPair, padding: Padding,
