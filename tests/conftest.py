@@ -6,8 +6,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
+# Triton picks compiled or interpreted functions when each is decorated, for its own library (tl.sigmoid, ...) as
+# soon as it is imported, and torchvision imports it through torch._dynamo while test modules are collected. So the
+# interpreter, which the fused-kernel tests use on CPU tensors, is switched on here, before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
 """The fused Triton bias_act / upfirdn2d kernels against the PyTorch reference path.
 
 Without a GPU the kernels run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1 must be set before
-Triton compiles anything, hence at import time here; TORCH_UTILS_TRITON_ON_CPU=1 lets the dispatch pick them
-for CPU tensors). Tests marked `cuda` run the same comparisons on a real GPU.
+Triton is imported, hence in tests/conftest.py; TORCH_UTILS_TRITON_ON_CPU=1 lets the dispatch pick them for CPU
+tensors). Tests marked `cuda` run the same comparisons on a real GPU.
 """
 import logging
 import os
@@ -12,8 +12,6 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ.setdefault('TRITON_INTERPRET', '1')
 pytest.importorskip('triton', reason='Triton is not installed with this torch')
 
 from torch_utils.ops import bias_act, fused, upfirdn2d  # noqa: E402
@@ -31,11 +29,8 @@ def fused_on_this_device(monkeypatch):
     else:
         monkeypatch.setenv(fused.CPU_VARIABLE, '1')
     monkeypatch.delenv(fused.GPU_OPS_VARIABLE, raising=False)
-    if fused.load() is None and not HAS_CUDA:
-        # An earlier test in this process may have imported the kernels before the interpreter was set up for
-        # them; the failed import is not cached by Python, so one fresh attempt shows whether they work here.
-        monkeypatch.setattr(fused, '_load_attempted', False)
-        sys.modules.pop('torch_utils.ops.fused_triton', None)
+    if not HAS_CUDA:
+        assert os.environ.get('TRITON_INTERPRET') == '1', 'tests/conftest.py sets TRITON_INTERPRET=1 without a GPU'
     assert fused.load() is not None, f'fused kernels did not load: {fused.status(DEVICE)}'
 
 

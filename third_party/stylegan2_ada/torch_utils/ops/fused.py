@@ -2,8 +2,9 @@
 
 The fused kernels (fused_triton.py) are used for CUDA tensors when `impl='cuda'`. Switches:
   TORCH_UTILS_GPU_OPS=torch        always use the PyTorch path (on CUDA too)
-  TORCH_UTILS_TRITON_ON_CPU=1      also run the kernels on CPU tensors; needs TRITON_INTERPRET=1 set before the
-                                   first use (the Triton interpreter; for tests of the kernels without a GPU)
+  TORCH_UTILS_TRITON_ON_CPU=1      also run the kernels on CPU tensors; needs TRITON_INTERPRET=1 set before anything
+                                   imports Triton (torchvision does, through torch._dynamo): the interpreter, for
+                                   tests of the kernels without a GPU
 Triton is imported on first use only, so network pickles that import torch_utils.ops never need it. If it
 cannot be imported or the kernels cannot be set up, one line is logged and the PyTorch path is used from then on.
 """
