@@ -122,6 +122,22 @@ def test_browser_renders_what_onnxruntime_renders(page_folder, chromium):
     assert browser.std() > 5  # an image, not a flat field
 
 
+def test_browser_renders_with_webgpu(page_folder, chromium):
+    """The WebGPU path of the page. Headless Chromium without a GPU offers SwiftShader's software adapter under
+    --enable-unsafe-webgpu, which runs the same WebGPU kernels a GPU would (slowly), so their output is checked."""
+    G, out, _ = page_folder
+    with serve_folder(out) as server:
+        result = render_in_browser(f'{server.url}?seed={SEED}&count=2&psi={PSI}&backend=webgpu', chromium,
+                                   webgpu=True, evaluate={'adapter': 'navigator.gpu ? "yes" : "no"'})
+    assert result['adapter'] == 'yes', 'this Chromium exposes no WebGPU (navigator.gpu) on localhost'
+    assert result.get('error') is None, result.get('console')
+    assert result['backend'] == 'webgpu' and result['canvases'] == 2
+    browser = np.array(result['firstPixels'], dtype=np.int16).reshape(32, 32, 3)
+    reference = onnxruntime_image(G, out, SEED, PSI).astype(np.int16)
+    assert np.abs(browser - reference).max() <= 3
+    assert browser.std() > 5
+
+
 @pytest.mark.parametrize('seed', [0, 1, 123456789, 2 ** 32 - 1])
 def test_seed_js_matches_numpy_under_node(seed):
     """seed.js on its own (Node.js, when present): numpy's RandomState(seed).randn, odd lengths included."""
