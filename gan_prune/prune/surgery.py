@@ -18,10 +18,12 @@ Everything else (noise buffers, noise strengths, toRGB biases, resampling filter
 w_avg) is copied unchanged.
 
 The fixed weight gains of toRGB (and resnet skip) layers depend on their fan-in. `torgb_gain` chooses it:
-- 'teacher' (default): the teacher's channel counts go into the student's `gain_channels`, so the gains stay the
-  teacher's and the kept weights compute what they computed before (function-preserving);
+- 'teacher': the teacher's channel counts go into the student's `gain_channels`, so the gains stay the
+  teacher's and the kept weights compute what they computed before (function-preserving); the default of these
+  functions, which also slice networks for benchmarks and tests;
 - 'pruned': the layers are rebuilt with the pruned fan-in, as the authors' release does; toRGB outputs grow by
-  sqrt(teacher channels / student channels), about 3x at r = 0.9.
+  sqrt(teacher channels / student channels), about 3x at r = 0.9. `gan-prune prune` uses this by default
+  (defaults.PRUNE): fine-tuned students started from it end closer to their teacher (docs/results.md).
 """
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ def test_cli_prune_and_errors(tmp_path):
                    '--pca-samples'):
         assert option in help_text
     flat = ' '.join(help_text.split())
-    assert 'content-aware 400' in flat and 'diversity 5000' in flat and '[default: teacher]' in flat
+    assert 'content-aware 400' in flat and 'diversity 5000' in flat and '[default: pruned]' in flat
     for name in ('content-aware', 'gradient-unmasked', 'l1-out', 'weight-l1', 'random', 'diversity'):
         assert name in flat  # choices come from the registry
     # User errors: one line on stderr, non-zero exit (through the real entry point).
