@@ -123,12 +123,13 @@ def render_seeds_with(run, seeds: list[int], truncation_psi: float = 1.0, noise_
         yield seed, to_uint8(img)[0]
 
 
-def _exported_or_none(src: str, backend: str):
-    """The backend for an exported model file (.onnx, TorchScript), or None when `src` is a network pickle."""
+def _exported_or_none(src: str, backend: str, trust: bool):
+    """The backend for an exported model file (.onnx, TorchScript), or None when `src` is a network pickle.
+    `trust` (--trust-pickle) lets a TorchScript file, a program, load."""
     from gan_prune.runtime.exported import exported_kind, load_exported
     if exported_kind(src) is None:
         return None
-    return load_exported(src, None if backend == 'eager' else backend)
+    return load_exported(src, None if backend == 'eager' else backend, trust=trust)
 
 
 @torch.no_grad()
@@ -150,7 +151,8 @@ def generate_images(src: str, outdir: str, seeds: list[int] | None = None, trunc
     """Render `seeds` (or a projected-W npz) of the G_ema in pickle `src` into `outdir`; returns written paths.
 
     `backend` names a runtime backend (gan_prune.runtime.backends.BACKENDS); 'eager' renders exactly as the
-    original tool. `src` may also be a model written by `gan-prune export` (run by its own backend).
+    original tool. `src` may also be a model written by `gan-prune export` (run by its own backend; a TorchScript
+    one only with `trust`, since it is a program). `trust` (--trust-pickle) lets code in `src` run.
     """
     from gan_prune import load_network_pkl
     from gan_prune.runtime.backends import BACKENDS
@@ -159,7 +161,7 @@ def generate_images(src: str, outdir: str, seeds: list[int] | None = None, trunc
     BACKENDS.get(backend)
     if projected_w is not None and backend != 'eager':
         raise GanPruneError('--projected-w renders W directly; use it with --backend eager')
-    run = _exported_or_none(src, backend)
+    run = _exported_or_none(src, backend, trust)
     if run is not None:
         if projected_w is not None:
             raise GanPruneError(f'{src} is an exported model (z in, img out); --projected-w needs a network pickle')

@@ -1,5 +1,5 @@
-"""One registry idiom for every kind of plug-in: criteria, mask providers, KD terms, feature networks, metrics,
-inference backends.
+"""One registry idiom for every kind of plug-in: criteria, mask providers, KD terms, DiME estimators, feature
+networks, metrics, inference backends.
 
 A plug-in is a class (or factory) registered under a name, with the facts its caller needs declared next to it
 (``needs_mask=True``, ``trainable=True``, ...) instead of special cases in the caller::

@@ -17,7 +17,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from gan_prune.core import bench
@@ -37,21 +36,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     'dime-224': ('teacher', dict(dime='effnet-lite0:224=15')),
     'no-teacher-d': ('teacher', dict(teacher_d=False)),
 }
-
-
-def render(G: torch.nn.Module, num: int, seed: int, batch: int = 256) -> torch.Tensor:
-    z = torch.from_numpy(np.random.RandomState(seed).randn(num, G.z_dim).astype(np.float32))
-    with torch.no_grad():
-        return torch.cat([G(z[i:i + batch], torch.zeros([len(z[i:i + batch]), G.c_dim]), noise_mode='const',
-                            force_fp32=True) for i in range(0, num, batch)])
-
-
-def moments(detector, images: torch.Tensor, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    from gan_prune.metrics.compute import images_to_uint8
-    with torch.no_grad():
-        feats = torch.cat([detector.features(images_to_uint8(images[i:i + batch]))
-                           for i in range(0, len(images), batch)]).double().numpy()
-    return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
 def distill_variant(o: dict, pruned_pkl: str, data: str, workdir: str, name: str, kimg: float, seed: int,
@@ -97,10 +81,10 @@ def main() -> None:
     data = write_demo_data(os.path.join(workdir, 'data'), int(o['data_images']), log=lambda m: None)
     teacher = load_network_pkl(o['teacher'])['G_ema']
     detector = build_detector('effnet-lite0', device='cpu')
-    reference = moments(detector, render(teacher, args.num, seed=1))
+    reference = bench.feature_moments(detector, bench.render(teacher, args.num, seed=1))
 
     def fd(G: torch.nn.Module) -> float:
-        return fid_from_moments(*moments(detector, render(G, args.num, seed=0)), *reference)
+        return fid_from_moments(*bench.feature_moments(detector, bench.render(G, args.num, seed=0)), *reference)
 
     rows = ['| setting | seed | kimg | FD vs teacher, pruned | FD vs teacher, after | wall s | load avg (1, 5, 15 min) |',
             '|---|---|---|---|---|---|---|',

@@ -15,27 +15,11 @@ import argparse
 import datetime
 import time
 
-import numpy as np
 import torch
 
 from gan_prune.core import bench
 
 BENCH_MD = bench.repo_file(__file__, 'docs', 'benchmarks.md')
-
-
-def render(G: torch.nn.Module, num: int, seed: int, batch: int = 256) -> torch.Tensor:
-    z = torch.from_numpy(np.random.RandomState(seed).randn(num, G.z_dim).astype(np.float32))
-    with torch.no_grad():
-        return torch.cat([G(z[i:i + batch], torch.zeros([len(z[i:i + batch]), G.c_dim]), noise_mode='const',
-                            force_fp32=True) for i in range(0, num, batch)])
-
-
-def moments(detector, images: torch.Tensor, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    from gan_prune.metrics.compute import images_to_uint8
-    with torch.no_grad():
-        feats = torch.cat([detector.features(images_to_uint8(images[i:i + batch]))
-                           for i in range(0, len(images), batch)]).double().numpy()
-    return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
 def main() -> None:
@@ -56,20 +40,20 @@ def main() -> None:
     started = time.time()
     teacher = load_network_pkl(args.teacher)['G_ema']
     detector = build_detector('effnet-lite0', device='cpu')
-    paired = render(teacher, args.num, seed=0)         # same latents as the students: per-pixel MSE
-    reference = moments(detector, render(teacher, args.num, seed=1))
+    paired = bench.render(teacher, args.num, seed=0)  # same latents as the students: per-pixel MSE
+    reference = bench.feature_moments(detector, bench.render(teacher, args.num, seed=1))
     rows = ['| rate | achieved | --torgb-gain | FD (effnet-lite0) vs teacher | MSE vs teacher, same z |',
             '|---|---|---|---|---|',
             f'| 0 | 0 | (the teacher itself, other z) | '
-            f'{fid_from_moments(*moments(detector, paired), *reference):.3f} | 0 |']
+            f'{fid_from_moments(*bench.feature_moments(detector, paired), *reference):.3f} | 0 |']
     print('\n'.join(rows), flush=True)
     for rate in [float(r) for r in args.rates.split(',')]:
         result = prune(args.teacher, None, rate=rate, criterion='content-aware', mask=args.mask,
                        samples=args.prune_samples, device='cpu', log=None)
         kept = {name: torch.tensor(idx) for name, idx in result.data['pruning']['kept'].items()}
         for gain in ('teacher', 'pruned'):
-            student = render(slice_generator(teacher, kept, gain), args.num, seed=0)
-            fd = fid_from_moments(*moments(detector, student), *reference)
+            student = bench.render(slice_generator(teacher, kept, gain), args.num, seed=0)
+            fd = fid_from_moments(*bench.feature_moments(detector, student), *reference)
             mse = float((student.clamp(-1, 1) - paired.clamp(-1, 1)).square().mean())
             rows.append(f'| {rate} | {result.data["pruning"]["rate"]:.4f} | {gain} | {fd:.3f} | {mse:.4f} |')
             print(rows[-1], flush=True)

@@ -5,6 +5,7 @@ import click
 from click.core import ParameterSource
 
 from gan_prune.defaults import DISTILL as D
+from gan_prune.distill.dime import DIME_ESTIMATORS, dime_estimator_help
 from gan_prune.distill.presets import KD_PRESETS, PRESET_TABLE
 
 _PRESET_HELP = '; '.join(f'{p.name}: {p.summary}' + (' (sets ' + ', '.join(f'{k}={v}' for k, v in p.sets.items()) + ')'
@@ -105,9 +106,8 @@ def _optional_float(value):
 @click.option('--dime-batch', type=click.IntRange(min=1), default=D['dime_batch'], show_default=True,
               help='Images per DiME moment estimate: each round\'s images are split into groups of this size and the '
                    'group estimates averaged. 8 reproduces the release (batch 64 on 4 GPUs, 8 per GPU per round).')
-@click.option('--dime-estimator', type=click.Choice(['moments', 'mmd']), default=D['dime_estimator'],
-              show_default=True, help='moments: the release\'s first/second-moment L1 (the default); mmd: '
-                                      'Gaussian-kernel MMD^2, the paper\'s wording taken literally.')
+@click.option('--dime-estimator', type=click.Choice(DIME_ESTIMATORS.names()), default=D['dime_estimator'],
+              show_default=True, help=dime_estimator_help())
 @click.option('--embed-weights', multiple=True, metavar='SPEC=FILE', default=D['embed_weights'],
               help='Weights file of an embedder (repeat per embedder), e.g. clip:RN50=RN50.pt, '
                    'dino-resnet50=dino_resnet50_pretrain.pth. Without it the official files are looked for in the '

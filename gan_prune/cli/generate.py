@@ -58,7 +58,9 @@ def _known_backend(ctx: click.Context, param: click.Parameter, value: str) -> st
                    'of gan_prune.runtime.backends (onnxruntime, torchscript, ...; fp32 on the CPU, the image '
                    'within a few grey levels of eager). An exported model picks its own.')
 @click.option('--trust-pickle', is_flag=True,
-              help='Allow code embedded in the pickle to run (only for custom architectures from a source you trust).')
+              help='Allow code in SRC to run, for a source you trust: a pickle\'s custom architecture, or a '
+                   'TorchScript export (.pt), which is a program: loading it runs its code, so it renders only '
+                   'with this flag. An ONNX export is data and needs none.')
 def command(src, seeds, outdir, truncation_psi, class_idx, noise_mode, projected_w, grid, device, precision,
             backend, trust_pickle) -> None:
     """Render one PNG per seed: the same seed on the same pickle gives the image NVIDIA's generate.py gives."""

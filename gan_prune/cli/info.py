@@ -144,7 +144,9 @@ def _show_exported(src: str, as_json: bool) -> bool:
                    'and the mapping network.')
 @click.option('--json', 'as_json', is_flag=True, help='Print the summary as JSON instead of tables.')
 @click.option('--trust-pickle', is_flag=True,
-              help='Allow code embedded in the pickle to run (only for custom architectures from a source you trust).')
+              help='Allow code embedded in the pickle to run (only for custom architectures from a source you trust). '
+                   'A TorchScript export (.pt) is a program too; info reads only the facts stored in it, as data, '
+                   'runs none of it and needs no flag.')
 def command(src: str, convention: str, as_json: bool, trust_pickle: bool) -> None:
     """Show format, dimensions, architecture and a per-block parameter/MAC table of a network pickle."""
     from gan_prune import load_network_pkl

@@ -1,5 +1,6 @@
 """What the scripts in tools/ share: where a measurement was taken, the load on the machine, the repository's
-report files, and writing one tool's section of a report without touching the others.
+report files, writing one tool's section of a report without touching the others, and the fixed-latent images and
+feature moments that the FD comparisons between a generator and its teacher are made of.
 
 Benchmark numbers belong in docs/benchmarks.md (medians, machine, the exact command), never in docstrings.
 """
@@ -10,9 +11,12 @@ import os
 import platform
 import re
 import sys
+from typing import Protocol
 
+import numpy as np
 import torch
 
+from gan_prune.core.images import float_to_uint8
 from gan_prune.fileio import atomic_write
 
 _BENCH_HEADER = '# Benchmarks\n\nEach section is written by the tool named in it; rerun the command to refresh it.\n'
@@ -73,3 +77,28 @@ def write_section(name: str, markdown: str, path: str) -> None:
 def add_report_option(parser: argparse.ArgumentParser, report: str = 'docs/benchmarks.md') -> None:
     """The --no-write option every benchmark has: print the numbers but leave the report alone."""
     parser.add_argument('--no-write', action='store_true', help=f'print only; leave {report} alone')
+
+
+class FeatureDetector(Protocol):
+    """What feature_moments needs of a detector (gan_prune.metrics.detectors): uint8 NCHW images -> [N, D]."""
+
+    def features(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def render(G: torch.nn.Module, num: int, seed: int, batch: int = 256) -> torch.Tensor:
+    """`num` float images of G for the latents RandomState(seed).randn(num, z_dim), zero labels, constant noise,
+    fp32: the same images on every run and device, so that a report's rows stay comparable."""
+    z = torch.from_numpy(np.random.RandomState(seed).randn(num, G.z_dim).astype(np.float32))
+    with torch.no_grad():
+        return torch.cat([G(part, torch.zeros([len(part), G.c_dim]), noise_mode='const', force_fp32=True)
+                          for part in z.split(batch)])
+
+
+def feature_moments(detector: FeatureDetector, images: torch.Tensor, batch: int = 128
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (sample) covariance of the detector's features of float images in [-1, 1], float64, as
+    gan_prune.metrics.compute.fid_from_moments takes them."""
+    with torch.no_grad():
+        feats = torch.cat([detector.features(float_to_uint8(part)) for part in images.split(batch)])
+    values = feats.double().numpy()
+    return values.mean(axis=0), np.cov(values, rowvar=False)

@@ -10,6 +10,10 @@ Two estimators share one interface, `estimator(student_emb, teacher_emb=None) ->
   whose bandwidths are the median pairwise distance times (0.5, 1, 2), against fresh teacher embeddings or a
   random subset of a stored bank of teacher embeddings.
 
+The estimators are plug-ins of `DIME_ESTIMATORS` (`--dime-estimator` takes its names): each is a factory
+`(teacher statistics entry or None, scales, bank_batch) -> DiMEEstimator` declaring what it needs, `needs_bank`
+(teacher-stats keeps an embedding bank for it) and `min_images` (per estimate, --dime-batch).
+
 `DiMELoss` combines several embedders, each with its own estimator and weight, from a spec string such as
 `clip:RN50=15,dino-resnet50=20` (the released setting). Gradients reach only the student images: embedders are
 frozen and teacher embeddings are detached.
@@ -19,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,10 +32,13 @@ from torch import nn
 from gan_prune.defaults import DIME, DISTILL
 from gan_prune.distill.embedders import Embedder, build_embedder
 from gan_prune.errors import GanPruneError
+from gan_prune.registry import Registry
+
+if TYPE_CHECKING:
+    from gan_prune.distill.teacher_stats import EmbeddingStats
 
 DEFAULT_MMD_SCALES = tuple(DIME['mmd_scales'])
 DEFAULT_BANK_BATCH = DIME['bank_batch']
-ESTIMATORS = ('moments', 'mmd')
 
 
 class DiMEEstimator(nn.Module):
@@ -153,6 +160,32 @@ class KernelMMD(DiMEEstimator):
                 raise ValueError('KernelMMD without a bank needs teacher embeddings')
             teacher = self.sample_bank()
         return mmd2_unbiased(student.float(), teacher.detach().float(), self.scales)
+
+
+DIME_ESTIMATORS: Registry[DiMEEstimator] = Registry('DiME estimator')
+
+
+@DIME_ESTIMATORS.register('moments', needs_bank=False, min_images=1,
+                          summary='the release\'s first/second-moment L1 (the default)')
+def moments_estimator(entry: EmbeddingStats | None, scales: Sequence[float] = DEFAULT_MMD_SCALES,
+                      bank_batch: int | None = DEFAULT_BANK_BATCH) -> DiMEEstimator:
+    """MomentsDiME against the stored mu1/mu2, or against each step's teacher embeddings without statistics.
+    The kernel options do not apply to it."""
+    return MomentsDiME(entry.mu1, entry.mu2) if entry is not None else MomentsDiME()
+
+
+@DIME_ESTIMATORS.register('mmd', needs_bank=True, min_images=4,
+                          summary='Gaussian-kernel MMD^2, the paper\'s wording taken literally')
+def mmd_estimator(entry: EmbeddingStats | None, scales: Sequence[float] = DEFAULT_MMD_SCALES,
+                  bank_batch: int | None = DEFAULT_BANK_BATCH) -> DiMEEstimator:
+    """KernelMMD against the stored embedding bank (if the statistics kept one), else each step's teacher
+    embeddings. The unbiased estimate needs several images on each side, hence `min_images=4` (--dime-batch)."""
+    return KernelMMD(entry.bank if entry is not None else None, scales=scales, bank_batch=bank_batch)
+
+
+def dime_estimator_help() -> str:
+    """`--dime-estimator`'s help: each registered estimator with its summary."""
+    return '; '.join(f'{name}: {DIME_ESTIMATORS.info(name)["summary"]}' for name in DIME_ESTIMATORS.names()) + '.'
 
 
 def parse_dime_spec(spec: str) -> list[tuple[str, float]]:
@@ -294,8 +327,7 @@ class DiMELoss(nn.Module):
         'moments' its mu1/mu2 are used, with 'mmd' its embedding bank (if any). Without stats the loss needs
         teacher images every step. `trust` lets TorchScript embedder files run (--trust-pickle). `chunk`: images
         per estimate (--dime-batch; None: the whole batch of a call)."""
-        if estimator not in ESTIMATORS:
-            raise GanPruneError(f'unknown DiME estimator {estimator!r}; choose one of {", ".join(ESTIMATORS)}')
+        make_estimator = DIME_ESTIMATORS.get(estimator)  # an unknown name: one line listing the known ones
         if isinstance(stats, (str, bytes)) or hasattr(stats, '__fspath__'):
             from gan_prune.distill.teacher_stats import load_teacher_stats
             stats = load_teacher_stats(stats)
@@ -314,11 +346,5 @@ class DiMELoss(nn.Module):
             if entry is not None and entry.dim != embedder.dim:
                 raise GanPruneError(f'teacher statistics for {embedder.name} are {entry.dim}-d but the embedder gives '
                                     f'{embedder.dim}-d; recompute them with the same weights')
-            est: DiMEEstimator
-            if estimator == 'moments':
-                est = MomentsDiME(entry.mu1, entry.mu2) if entry is not None else MomentsDiME()
-            else:
-                bank = entry.bank if entry is not None else None
-                est = KernelMMD(bank, scales=mmd_scales, bank_batch=bank_batch)
-            terms.append((embedder, est, weight))
+            terms.append((embedder, make_estimator(entry, scales=mmd_scales, bank_batch=bank_batch), weight))
         return cls(terms, chunk=chunk)

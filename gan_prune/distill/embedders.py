@@ -23,6 +23,8 @@ Adding an embedder: subclass `Embedder`, set `family`, implement `from_spec` and
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,17 +83,21 @@ class Embedder(nn.Module):
 
     @classmethod
     def from_spec(cls, arg: str | None, weights: str | None, normalize: bool, *, trust: bool = False) -> 'Embedder':
-        """Build from `family[:arg]`. The default suits embedders that take no argument (weights come separately)
-        and read only data (state dicts), so `trust` is not needed."""
+        """Build from `family[:arg]`. The default suits embedders that take no argument and whose constructor
+        is `(weights=None, normalize=False)`: weights come separately and are read as data (state dicts), so
+        `trust` is not needed. Families with other constructors override it."""
         if arg:
             raise GanPruneError(f'{cls.family} takes no argument (got {cls.family}:{arg}); use --embed-weights FILE')
-        return cls(weights=weights, normalize=normalize)
+        # The subclass's constructor, not this class's (name, dim, normalize): the base cannot declare its signature.
+        construct: Callable[..., Embedder] = cls
+        return construct(weights=weights, normalize=normalize)
 
     def prepare(self, img: torch.Tensor) -> torch.Tensor:
         """Map [-1, 1] images to what `embed` expects (resize / normalise)."""
         return img
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The network itself: prepared images -> features (any shape with the batch first)."""
         raise NotImplementedError
 
     def freeze(self) -> 'Embedder':
@@ -122,7 +128,7 @@ def _resize(x: torch.Tensor, size: int, mode: str = 'bilinear') -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode=mode, align_corners=False)
 
 
-def _mean_std_buffers(module: nn.Module, mean, std) -> None:
+def _mean_std_buffers(module: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
     # Non-persistent buffers: they follow .to(device) but stay out of state dicts.
     module.register_buffer('pixel_mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
     module.register_buffer('pixel_std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -163,7 +169,8 @@ class EffNetLite0Embedder(Embedder):
     family = 'effnet-lite0'
 
     @classmethod
-    def from_spec(cls, arg, weights, normalize, *, trust=False):
+    def from_spec(cls, arg: str | None, weights: str | None, normalize: bool, *,
+                  trust: bool = False) -> 'EffNetLite0Embedder':
         if not arg:
             return cls(weights=weights, normalize=normalize)
         if not arg.isdigit() or not 32 <= int(arg) <= 1024:
@@ -182,11 +189,11 @@ class EffNetLite0Embedder(Embedder):
         self.resolution = resolution or effnet_lite.NATIVE_RESOLUTION
         self.freeze()
 
-    def prepare(self, img):
+    def prepare(self, img: torch.Tensor) -> torch.Tensor:
         return effnet_lite.preprocess(img, resolution=self.resolution, signed=True, normalize=self.normalize,
                                       antialias=False)
 
-    def embed(self, x):
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.features(x)
 
 
@@ -206,6 +213,8 @@ class ClipEmbedder(Embedder):
         visual = model.visual
         size = _image_size(visual)
         dim = getattr(visual, 'output_dim', None) or getattr(model, 'embed_dim', None)
+        if dim is None:
+            raise GanPruneError(f'{path}: the CLIP model declares no embedding size (visual.output_dim)')
         super().__init__(f'clip:{arch}', int(dim), normalize)
         self.arch = arch
         self.visual = visual
@@ -245,20 +254,21 @@ class ClipEmbedder(Embedder):
         return model
 
     @classmethod
-    def from_spec(cls, arg, weights, normalize, *, trust=False):
+    def from_spec(cls, arg: str | None, weights: str | None, normalize: bool, *,
+                  trust: bool = False) -> 'ClipEmbedder':
         return cls(arch=arg or DEFAULT_CLIP_ARCH, weights=weights, normalize=normalize, trust=trust)
 
-    def prepare(self, img):
+    def prepare(self, img: torch.Tensor) -> torch.Tensor:
         if not self.normalize:
             return _resize(img, self.resolution, 'bilinear')
         x = _resize(_to_unit_range(img), self.resolution, self.interpolation)
         return (x - self.pixel_mean) / self.pixel_std
 
-    def embed(self, x):
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.visual(x)
 
 
-def clean_resnet_state_dict(state: dict) -> dict:
+def clean_resnet_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip `module.` / `backbone.` prefixes and drop the classifier (`fc.*`) of a ResNet state dict, and the
     projection head (`head.*`) that DINO training checkpoints carry next to the backbone."""
     cleaned = {}
@@ -276,12 +286,12 @@ class _RawInputEmbedder(Embedder):
     """Feeds the [-1, 1] images as they are; normalize=True maps to [0, 1], resizes to `resolution` and applies
     ImageNet mean/std. Subclasses set `model`, `resolution` and the mean/std buffers."""
 
-    def prepare(self, img):
+    def prepare(self, img: torch.Tensor) -> torch.Tensor:
         if not self.normalize:
             return img
         return (_resize(_to_unit_range(img), self.resolution) - self.pixel_mean) / self.pixel_std
 
-    def embed(self, x):
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
 
@@ -345,14 +355,15 @@ class TorchScriptEmbedder(_RawInputEmbedder):
         self.freeze()
 
     @classmethod
-    def from_spec(cls, arg, weights, normalize, *, trust=False):
+    def from_spec(cls, arg: str | None, weights: str | None, normalize: bool, *,
+                  trust: bool = False) -> 'TorchScriptEmbedder':
         path = arg or weights
         if not path:
             raise GanPruneError('torchscript embedder needs a file: use --embed torchscript:FILE')
         return cls(path, normalize=normalize, trust=trust)
 
 
-
 def embedder_families() -> list[str]:
+    """The registered families, sorted: the names `--embed` specs may start with."""
     return sorted(EMBEDDERS)
 

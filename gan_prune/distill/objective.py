@@ -65,16 +65,17 @@ def compute_teacher_stats(opts: dict, G_t: nn.Module, device: torch.device, path
                           log: Callable[[str], None] = print) -> None:
     """The embedders' statistics of `opts['dime_stats_samples']` teacher samples, written to `path`. Draws
     from its own seed and leaves the caller's random state as it was."""
-    from gan_prune.distill.dime import parse_dime_spec, resolve_weight_files
+    from gan_prune.distill.dime import DIME_ESTIMATORS, parse_dime_spec, resolve_weight_files
     from gan_prune.distill.embedders import build_embedder
     from gan_prune.distill.teacher_stats import compute_teacher_stats as compute_stats
     names = [n for n, _ in parse_dime_spec(opts['dime'])]
     files = resolve_weight_files(names, opts['embed_weights'] or None)
     embedders = [build_embedder(n, weights=files.get(n), trust=bool(opts['trust'])) for n in names]
     samples = int(opts['dime_stats_samples'])
+    needs_bank = DIME_ESTIMATORS.info(opts['dime_estimator'])['needs_bank']
     log(f'Teacher statistics for DiME: {samples} samples through {", ".join(names)} -> {path}')
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
         compute_stats(G_t, embedders, path, samples=samples, batch=min(32, samples), seed=int(opts['seed']),
                       device=device, source=str(opts['teacher']), spec=opts['dime'],
-                      bank_size=samples if opts['dime_estimator'] == 'mmd' else 0, progress=True)
+                      bank_size=samples if needs_bank else 0, progress=True)
     G_t.eval().requires_grad_(False)

@@ -148,8 +148,6 @@ def _validate(o: dict) -> None:
     _validate_kd(o)
     if o['ds_init'] not in ('random', 'teacher'):
         raise GanPruneError(f"--ds-init must be 'random' or 'teacher', got {o['ds_init']!r}")
-    if o['dime_estimator'] not in ('moments', 'mmd'):
-        raise GanPruneError(f"--dime-estimator must be 'moments' or 'mmd', got {o['dime_estimator']!r}")
     for key in ('kimg', 'tick', 'lr', 'ema_kimg'):
         if not (isinstance(o[key], (int, float)) and o[key] > 0):
             raise GanPruneError(f'--{key.replace("_", "-")} must be positive, got {o[key]}')
@@ -177,16 +175,27 @@ def _validate_kd(o: dict) -> None:
     terms = get_preset(str(o['kd'])).terms
     if o['kd_noise'] not in ('shared', 'independent'):
         raise GanPruneError(f"--kd-noise must be 'shared' or 'independent', got {o['kd_noise']!r}")
-    if not isinstance(o['dime_batch'], int) or o['dime_batch'] < 1:
-        raise GanPruneError(f'--dime-batch must be a whole number of images >= 1, got {o["dime_batch"]!r}')
-    if o['dime_estimator'] == 'mmd' and o['dime_batch'] < 4:
-        raise GanPruneError(f'--dime-estimator mmd needs at least 4 images per estimate; --dime-batch '
-                            f'{o["dime_batch"]} is too small')
+    _validate_dime(o)
     masked = [t for t in terms if KD_TERMS.info(t).get('uses_mask')]
     if masked and str(o.get('cagan_mask')) == 'face-parser' and not o.get('parser_weights'):
         raise GanPruneError(f'--kd {o["kd"]} masks its KD terms with the teacher image\'s face-parsing mask, which '
                             f'needs --parser-weights 79999_iter.pth (BiSeNet, github.com/zllrunning/face-parsing.'
                             f'PyTorch); or pass --cagan-mask none (every pixel) or --cagan-mask FILE (your own model)')
+
+
+def _validate_dime(o: dict) -> None:
+    """The DiME estimator and its images per estimate; the names and what each needs come from DIME_ESTIMATORS."""
+    from gan_prune.distill.dime import DIME_ESTIMATORS
+    if not isinstance(o['dime_batch'], int) or o['dime_batch'] < 1:
+        raise GanPruneError(f'--dime-batch must be a whole number of images >= 1, got {o["dime_batch"]!r}')
+    estimator = o['dime_estimator']
+    if estimator not in DIME_ESTIMATORS:
+        names = [repr(n) for n in DIME_ESTIMATORS.names()]
+        raise GanPruneError(f"--dime-estimator must be {', '.join(names[:-1])} or {names[-1]}, got {estimator!r}")
+    least = DIME_ESTIMATORS.info(estimator)['min_images']
+    if o['dime_batch'] < least:
+        raise GanPruneError(f'--dime-estimator {estimator} needs at least {least} images per estimate; --dime-batch '
+                            f'{o["dime_batch"]} is too small')
 
 
 def _validate_specs(o: dict) -> None:

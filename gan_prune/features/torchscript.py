@@ -6,7 +6,9 @@ runs its code. `load_torchscript(path, trust, what)` loads one only with trust=T
 file's SHA-256 is in KNOWN_TORCHSCRIPT_SHA256 (published files the toolkit knows). The bytes that were hashed
 are the bytes loaded. Every refusal is one line that names the file and the flag.
 
-(The toolkit's own exported generators, read by gan_prune.runtime, are a separate format with their own check.)
+The toolkit's own exported generators (`gan-prune export --format torchscript`, run by gan_prune.runtime) are
+TorchScript too and load through the same function. What the exporter stored next to the code (`_extra_files`)
+is plain zip entries: `read_extra_file` reads one as data, so `gan-prune info` describes a file without running it.
 """
 from __future__ import annotations
 
@@ -55,12 +57,32 @@ def known_torchscript(data: bytes) -> str | None:
     return KNOWN_TORCHSCRIPT_SHA256.get(hashlib.sha256(data).hexdigest())
 
 
-def load_torchscript(path: str, trust: bool, what: str, map_location: str | torch.device = 'cpu'
-                     ) -> torch.jit.ScriptModule:
+def read_extra_file(path: str, name: str, limit: int = 1 << 20) -> bytes | None:
+    """The bytes of the extra file `name` that torch.jit.save stored in the archive at `path` (the zip entry
+    `<archive>/extra/<name>`), read as data, nothing loaded or run; None when there is none. At most `limit`
+    bytes: such entries are small metadata, and a larger one is refused rather than read into memory."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = [i for i in z.infolist() if i.filename.split('/')[1:] == ['extra', name]]
+            if not entries:
+                return None
+            if entries[0].file_size > limit:
+                raise GanPruneError(f'{path}: its {name} entry is {entries[0].file_size} bytes, more than metadata '
+                                    f'takes ({limit}); the file is damaged or not what it claims to be')
+            with z.open(entries[0]) as f:
+                return f.read(limit)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise GanPruneError(f'{path}: cannot read the TorchScript archive ({type(e).__name__})') from None
+
+
+def load_torchscript(path: str, trust: bool, what: str, map_location: str | torch.device = 'cpu',
+                     instead: str | None = None) -> torch.jit.ScriptModule:
     """Load a TorchScript archive if the user trusts it (trust=True) or it is a published file we know.
 
-    `what` names the option or role in messages (e.g. '--mask', 'TorchScript embedder'). Raises GanPruneError
-    for a missing file, a file that is not TorchScript, an untrusted program, or an archive torch cannot load.
+    `what` names the option or role in messages (e.g. '--mask', 'TorchScript embedder'); `instead` is what the
+    refusal offers besides the flag where the caller has a better way (e.g. a format that holds no code).
+    Raises GanPruneError for a missing file, a file that is not TorchScript, an untrusted program, or an archive
+    torch cannot load.
     """
     try:
         with open(path, 'rb') as f:
@@ -70,8 +92,9 @@ def load_torchscript(path: str, trust: bool, what: str, map_location: str | torc
     if not is_torchscript_archive(io.BytesIO(data)):
         raise GanPruneError(f'{what} {path}: not a TorchScript file (expected one written by torch.jit.save)')
     if not trust and known_torchscript(data) is None:
-        raise GanPruneError(f'{what} {path} is a TorchScript program, which runs its own code; pass {TRUST_FLAG} '
-                            f'if you trust this file (published files the toolkit knows by checksum load without it)')
+        other = f', or {instead}' if instead else ' (published files the toolkit knows by checksum load without it)'
+        raise GanPruneError(f'{what} {path} is a TorchScript program: loading it runs its code; pass {TRUST_FLAG} '
+                            f'if you trust this file{other}')
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated upstream but remains the portable format
             warnings.simplefilter('ignore', FutureWarning)

@@ -6,31 +6,28 @@ unless it was exported with a psi input). Both run fp32 on the CPU.
 
     run = BACKENDS.build('onnxruntime', 'model.onnx')
     img = run(z, truncation_psi=0.7)
+
+An ONNX file is data (a graph of standard operators and its weights). A TorchScript file is a program: it loads
+through gan_prune.features.torchscript, only with trust=True (--trust-pickle); its stored facts are read from the
+archive as data first, so `gan-prune info` describes it without running anything.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import zipfile
 from typing import Any
 
 import numpy as np
 import torch
 
 from gan_prune.errors import GanPruneError
+from gan_prune.features import torchscript
 from gan_prune.runtime.backends import BACKENDS
-from gan_prune.runtime.export import METADATA_KEY, TORCHSCRIPT_EXTRA, quiet_jit
+from gan_prune.runtime.export import METADATA_KEY, TORCHSCRIPT_EXTRA, export_torchscript, quiet_jit
 
-
-def is_torchscript_file(path: str) -> bool:
-    """Whether `path` is a TorchScript archive (a zip holding code/ and constants.pkl)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any(name.endswith('/constants.pkl') for name in names) and any('/code/' in name for name in names)
+# What the refusal of an untrusted TorchScript export offers instead of --trust-pickle.
+ONNX_INSTEAD = 'use the ONNX export (gan-prune export --format onnx), which holds no code'
 
 
 def exported_kind(path: str) -> str | None:
@@ -39,7 +36,22 @@ def exported_kind(path: str) -> str | None:
         return None
     if str(path).lower().endswith('.onnx'):
         return 'onnx'
-    return 'torchscript' if is_torchscript_file(str(path)) else None
+    return 'torchscript' if torchscript.is_torchscript_archive(str(path)) else None
+
+
+def torchscript_facts(path: str) -> dict[str, Any]:
+    """The JSON facts the exporter stored in a TorchScript file ({} for a foreign one), read from the archive as
+    data: nothing of the file is loaded or run."""
+    raw = torchscript.read_extra_file(path, TORCHSCRIPT_EXTRA)
+    if raw is None:
+        return {}
+    try:
+        facts = json.loads(raw.decode('utf-8'))
+    except (UnicodeDecodeError, ValueError):
+        facts = None
+    if not isinstance(facts, dict):
+        raise GanPruneError(f'{path}: its {TORCHSCRIPT_EXTRA} is not a JSON object; export the model again')
+    return facts
 
 
 def onnx_facts(model) -> dict[str, Any]:
@@ -90,7 +102,9 @@ class ExportedBackend:
 class OnnxRuntimeBackend(ExportedBackend):
     """ONNX Runtime (CPU execution provider) on a model exported with the dynamo exporter, fp32."""
 
-    def __init__(self, G: torch.nn.Module | str, device: str | torch.device = 'cpu', threads: int | None = None) -> None:
+    def __init__(self, G: torch.nn.Module | str, device: str | torch.device = 'cpu', threads: int | None = None,
+                 trust: bool = False) -> None:
+        """`trust` is accepted like every file backend's and not needed: an ONNX file is data."""
         if torch.device(device).type != 'cpu':
             raise GanPruneError('the onnxruntime backend runs on the CPU; pass --device cpu')
         self.threads = threads
@@ -142,33 +156,37 @@ class OnnxRuntimeBackend(ExportedBackend):
 class TorchScriptBackend(ExportedBackend):
     """A traced TorchScript module of the reference path, fp32 on the CPU (torch.jit.load, no gan_prune needed)."""
 
-    def __init__(self, G: torch.nn.Module | str, device: str | torch.device = 'cpu') -> None:
+    def __init__(self, G: torch.nn.Module | str, device: str | torch.device = 'cpu', trust: bool = False) -> None:
+        """`trust` (--trust-pickle) lets a TorchScript file load: it is a program, and loading it runs its code."""
         if torch.device(device).type != 'cpu':
             raise GanPruneError('the torchscript backend runs on the CPU; pass --device cpu')
         self.G = G if isinstance(G, torch.nn.Module) else None
         self.noise_mode: str | None = None  # for a module: the noise mode of the module traced last (one per mode)
         if not isinstance(G, torch.nn.Module):
-            self._load(G)
+            self._load_file(G, trust)
 
-    def _load(self, source: str | io.BytesIO) -> None:
-        extra = {TORCHSCRIPT_EXTRA: ''}
+    def _load_file(self, path: str, trust: bool) -> None:
+        """The facts first (data: a foreign file is refused before anything loads), then the program, if trusted."""
+        facts = torchscript_facts(path)
+        if 'z_dim' not in facts:
+            raise GanPruneError(f'{path}: this TorchScript file was not written by gan-prune export (no '
+                                f'{TORCHSCRIPT_EXTRA})')
         with quiet_jit():
-            self.module = torch.jit.load(source, map_location='cpu', _extra_files=extra).eval()
-        self.facts = json.loads(extra[TORCHSCRIPT_EXTRA] or '{}')
-        if 'z_dim' not in self.facts:
-            raise GanPruneError('this TorchScript file was not written by gan-prune export (no gan_prune.json)')
+            module = torchscript.load_torchscript(path, trust, 'exported generator', instead=ONNX_INSTEAD)
+        self.module, self.facts = module.eval(), facts
 
     def _export_for(self, noise_mode: str) -> None:
+        """A module is traced (psi as an input) on first use and again for another noise mode. The file is the one
+        this process just wrote from a network already loaded, so loading it needs no trust."""
         if self.G is None or noise_mode == self.noise_mode:
             return
         import tempfile
-        from gan_prune.runtime.export import export_torchscript
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, 'G.pt')
-            export_torchscript(self.G, path, None, 1.0, noise_mode, psi_input=True)
-            with open(path, 'rb') as f:
-                self._load(io.BytesIO(f.read()))
-        self.noise_mode = noise_mode
+            facts = export_torchscript(self.G, path, None, 1.0, noise_mode, psi_input=True)
+            with quiet_jit():
+                self.module = torch.jit.load(path, map_location='cpu').eval()
+        self.facts, self.noise_mode = facts, noise_mode
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
@@ -179,7 +197,8 @@ class TorchScriptBackend(ExportedBackend):
 
 
 def load_exported(path: str, backend: str | None = None, **kwargs: Any) -> ExportedBackend:
-    """The backend for an exported file: its own kind unless `backend` names a compatible one."""
+    """The backend for an exported file: its own kind unless `backend` names a compatible one. `kwargs` go to
+    the backend (`trust=True` lets a TorchScript file load)."""
     kind = exported_kind(path)
     if kind is None:
         raise GanPruneError(f'{path} is not an exported model (.onnx or a TorchScript file from gan-prune export)')
@@ -203,16 +222,21 @@ def describe_exported(path: str) -> dict[str, Any]:
         summary['producer'] = f'{model.producer_name} {model.producer_version}'.strip()
         summary['facts'] = onnx_facts(model)
     else:
-        extra = {TORCHSCRIPT_EXTRA: ''}
-        with quiet_jit():
-            module = torch.jit.load(path, map_location='cpu', _extra_files=extra)
-        facts = json.loads(extra[TORCHSCRIPT_EXTRA] or '{}')
-        summary['facts'] = facts
-        graph_inputs = [i.debugName() for i in list(module.graph.inputs())[1:]]
-        summary['inputs'] = [dict(name=name, shape=_shape_from_facts(name, facts), dtype='float32')
-                             for name in facts.get('inputs', graph_inputs)]
-        summary['outputs'] = [dict(name='img', shape=_shape_from_facts('img', facts), dtype='float32')]
+        summary.update(_describe_torchscript(path))
     return summary
+
+
+def _describe_torchscript(path: str) -> dict[str, Any]:
+    """Facts, inputs and outputs of a TorchScript export, from its stored facts only: describing a file must not
+    run it, and the inputs of a foreign file (no facts) stay unknown."""
+    facts = torchscript_facts(path)
+    names = facts.get('inputs', [])
+    return dict(facts=facts, inputs=[_tensor(name, facts) for name in names],
+                outputs=[_tensor(name, facts) for name in facts.get('outputs', ['img'] if facts else [])])
+
+
+def _tensor(name: str, facts: dict[str, Any]) -> dict[str, Any]:
+    return dict(name=name, shape=_shape_from_facts(name, facts), dtype='float32')
 
 
 def _value_info(value) -> dict[str, Any]:
@@ -238,7 +262,8 @@ def format_exported(summary: dict[str, Any]) -> str:
         lines.append('opset:      ' + ', '.join(f'{d} {v}' for d, v in summary['opset'].items()) +
                      f'; {summary["nodes"]} nodes; producer {summary["producer"] or "?"}')
     for label, key in (('inputs:', 'inputs'), ('outputs:', 'outputs')):
-        lines.append(f'{label:<11} ' + ', '.join(f'{v["name"]} {v["shape"]} {v["dtype"]}' for v in summary[key]))
+        described = ', '.join(f'{v["name"]} {v["shape"]} {v["dtype"]}' for v in summary[key])
+        lines.append(f'{label:<11} ' + (described or 'unknown (not written by gan-prune export)'))
     if facts:
         psi = 'an input (psi)' if facts.get('psi_input') else f'{facts.get("truncation_psi")}'
         lines.append(f'generator:  {facts.get("generator_class", "?")} {facts.get("img_resolution")}x'

@@ -1,7 +1,11 @@
 """gan_prune.core.bench: the helpers of the scripts in tools/, and the scripts' use of them."""
 import os
 
+import numpy as np
+import torch
+
 from gan_prune.core import bench
+from gan_prune.core.images import float_to_uint8
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, 'tools')
 
@@ -34,3 +38,27 @@ def test_no_script_in_tools_edits_sys_path_or_imports_a_sibling_module():
             text = open(os.path.join(TOOLS, name), encoding='utf-8').read()
             assert 'sys.path' not in text, f'tools/{name} edits sys.path; import from gan_prune.core.bench instead'
             assert 'benchmd' not in text, f'tools/{name} still uses the removed tools/benchmd.py'
+
+
+class _Generator(torch.nn.Module):
+    z_dim, c_dim = 3, 0
+
+    def forward(self, z, c, noise_mode='random', force_fp32=False):
+        assert noise_mode == 'const' and force_fp32 and c.shape == (len(z), 0)
+        return torch.tanh(z)[:, :, None, None].expand(-1, -1, 2, 2)
+
+
+class _MeanColour:
+    def features(self, images):
+        assert images.dtype == torch.uint8
+        return images.float().mean(dim=(2, 3))
+
+
+def test_render_and_feature_moments_are_fixed_by_the_seed():
+    G = _Generator()
+    images = bench.render(G, 7, seed=5, batch=3)
+    assert images.shape == (7, 3, 2, 2) and torch.equal(images, bench.render(G, 7, seed=5, batch=7))
+    assert not torch.equal(images, bench.render(G, 7, seed=6))
+    mean, cov = bench.feature_moments(_MeanColour(), images, batch=2)
+    feats = _MeanColour().features(float_to_uint8(images)).double().numpy()
+    assert np.allclose(mean, feats.mean(axis=0)) and np.allclose(cov, np.cov(feats, rowvar=False))

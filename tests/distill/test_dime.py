@@ -236,3 +236,46 @@ def test_dime_batch_estimates_per_group_of_images_as_released():
     uneven = (4 * whole(ten[:4]) + 3 * whole(ten[4:7]) + 3 * whole(ten[7:])) / 10
     torch.testing.assert_close(DiMELoss([(emb, MomentsDiME(mu1, mu2), 2.0)], chunk=4)(ten), uneven)
     torch.testing.assert_close(DiMELoss([(emb, MomentsDiME(mu1, mu2), 2.0)], chunk=32)(img), whole(img))
+
+
+# ------------------------------------------------------------------------------------------------ the registry
+
+def test_estimator_choices_and_facts_come_from_the_registry():
+    from gan_prune.cli.distill import command
+    from gan_prune.distill.dime import DIME_ESTIMATORS
+    assert DIME_ESTIMATORS.names() == ['moments', 'mmd']
+    option = next(p for p in command.params if p.name == 'dime_estimator')
+    assert list(option.type.choices) == DIME_ESTIMATORS.names()
+    assert all(f'{name}: ' in option.help for name in DIME_ESTIMATORS.names())
+    assert DIME_ESTIMATORS.info('mmd')['needs_bank'] and not DIME_ESTIMATORS.info('moments')['needs_bank']
+    with pytest.raises(GanPruneError, match="unknown DiME estimator 'kl'.*moments, mmd"):
+        DIME_ESTIMATORS.get('kl')
+
+
+class _MeanGap(nn.Module):
+    needs_teacher = False
+
+    def forward(self, student, teacher=None):
+        return student.mean(0).abs().mean()
+
+
+def test_a_registered_estimator_is_built_and_validated(monkeypatch):
+    """A new estimator is one registration: DiMELoss.build dispatches to it and the options check its facts."""
+    from gan_prune.distill import dime, loop
+    from gan_prune.registry import Registry
+    registry = Registry('DiME estimator')
+    for name in dime.DIME_ESTIMATORS:
+        registry.register(name, **dime.DIME_ESTIMATORS.info(name))(dime.DIME_ESTIMATORS.get(name))
+    registry.register('mean-gap', needs_bank=False, min_images=3, summary='mean |phi|')(lambda entry, **kw: _MeanGap())
+    monkeypatch.setattr(dime, 'DIME_ESTIMATORS', registry)
+    from gan_prune.features.effnet_lite import FEATURE_DIM
+    stats = TeacherStats({'effnet-lite0': EmbeddingStats('effnet-lite0', 1, np.zeros(FEATURE_DIM),
+                                                         np.ones(FEATURE_DIM))}, normalize=False)
+    loss = DiMELoss.build('effnet-lite0', estimator='mean-gap', stats=stats)
+    assert isinstance(loss.estimators[0], _MeanGap)
+    required = dict(teacher='t.pkl', student='s.pkl', data='d.zip')
+    assert loop.resolve_options(dict(required, dime_estimator='mean-gap', dime_batch=3))['dime_estimator'] == 'mean-gap'
+    with pytest.raises(GanPruneError, match='mean-gap needs at least 3 images'):
+        loop.resolve_options(dict(required, dime_estimator='mean-gap', dime_batch=2))
+    with pytest.raises(GanPruneError, match="must be 'moments', 'mmd' or 'mean-gap', got 'kl'"):
+        loop.resolve_options(dict(required, dime_estimator='kl'))

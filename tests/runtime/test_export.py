@@ -171,7 +171,7 @@ def test_exported_file_refuses_another_truncation(exported):
     _, G, onnx_path, ts_path = exported
     z, c = inputs(G, 0)
     for name, path in (('onnxruntime', onnx_path), ('torchscript', ts_path)):
-        run = BACKENDS.build(name, path)
+        run = BACKENDS.build(name, path, trust=True)  # a TorchScript file is a program: it loads when trusted
         assert run.z_dim == 12 and run.c_dim == G.c_dim
         with pytest.raises(GanPruneError, match='exported with truncation 0.7'):
             run(z, c, truncation_psi=1.0)
@@ -225,7 +225,8 @@ def test_cli_export_generate_and_info(snapshot, tmp_path, capsys):
     for name, src in (('onnx-file', onnx_path), ('ts-file', ts_path), ('onnxruntime', snapshot)):
         args = ['generate', '--pkl', src, '--seeds', seeds, '--trunc', '0.7', '--outdir', str(tmp_path / name),
                 '--device', 'cpu']
-        main(args + (['--backend', 'onnxruntime'] if name == 'onnxruntime' else []))
+        main(args + (['--backend', 'onnxruntime'] if name == 'onnxruntime' else [])
+             + (['--trust-pickle'] if name == 'ts-file' else []))  # a TorchScript file is a program
         for seed in range(3):
             ref = read_png(tmp_path / 'eager' / f'seed{seed:04d}.png')
             out = read_png(tmp_path / name / f'seed{seed:04d}.png')
