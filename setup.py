@@ -41,7 +41,7 @@ setup(
         'onnxruntime',
     ],
     extras_require={
-        'test': ['pytest>=7', 'scikit-image', 'hypothesis', 'playwright', 'ruff', 'mypy'],
+        'test': ['pytest>=7', 'scikit-image', 'hypothesis', 'playwright', 'ruff', 'mypy', 'openvino'],
     },
     entry_points={'console_scripts': ['gan-prune=gan_prune.cli:main']},
 )

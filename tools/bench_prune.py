@@ -9,10 +9,12 @@ Measures
 3. where the time goes in the r = 0.8 student and the teacher on the eager backend: per synthesis block, and
    the top torch ops.
 
-'onnxruntime' exports the float32 reference path here with torch.onnx.export(dynamo=True) (batch dynamic) and
-runs it with ONNX Runtime's CPU provider; the other backends come from gan_prune.runtime.backends.
+'onnxruntime' and 'openvino' export the float32 reference path here with torch.onnx.export(dynamo=True) (batch
+dynamic; one file per network, which both run) and run it with ONNX Runtime's CPU provider and with the openvino
+backend (OpenVINO's CPU plugin, fp32); the other backends come from gan_prune.runtime.backends. Each of them
+counts as a standard backend in the comparison with cpu-kernels.
 
-Usage: python tools/bench_prune.py [--backend eager,compile,onnxruntime,cpu-kernels] [--ratios 0.5,0.8]
+Usage: python tools/bench_prune.py [--backend eager,compile,onnxruntime,openvino,cpu-kernels] [--ratios 0.5,0.8]
        [--samples 400] [--repeats 5] [--skip-prune] [--no-write]
 """
 from __future__ import annotations
@@ -67,50 +69,104 @@ def students(G, ratios=PAPER_RATIOS) -> dict:
     return out
 
 
-class OnnxRuntimeRunner:
-    """The float32 reference path of G exported with the dynamo exporter (batch dynamic), run by ONNX Runtime.
+class Reference(torch.nn.Module):
+    """G's float32 reference path as a function of z alone (const noise, truncation 1): what is exported."""
 
-    Called like a backend; the session's intra-op threads follow torch.get_num_threads() at call time.
-    """
+    def __init__(self, G: torch.nn.Module) -> None:
+        super().__init__()
+        self.G = G
+
+    def forward(self, z):
+        return self.G(z, None, noise_mode='const', force_fp32=True, fused_modconv=False)
+
+
+def export_reference(G: torch.nn.Module, path: str) -> None:
+    """Export Reference(G) with the dynamo exporter (batch dynamic) to `path`, unless an earlier runner did."""
+    if os.path.exists(path):
+        return
+    z = torch.randn([4, G.z_dim])
+    batch = torch.export.Dim('batch', min=1, max=64)
+    torch.onnx.export(Reference(G.eval()).eval(), (z,), path, dynamo=True, input_names=['z'], output_names=['img'],
+                      dynamic_shapes={'z': {0: batch}}, external_data=False, verbose=False)
+
+
+class ExportedRunner:
+    """The float32 reference path of G exported to ONNX (once per network: the runners share the file), run by
+    another runtime. Called like a backend; the runtime's intra-op threads follow torch.get_num_threads() at
+    call time (one session per thread count)."""
+
+    label = ''  # the runtime's name in the parity note
 
     def __init__(self, G: torch.nn.Module, path: str) -> None:
-        import onnxruntime  # noqa: F401  (fail early when it is not installed)
-
-        class Reference(torch.nn.Module):
-            def __init__(self, G):
-                super().__init__()
-                self.G = G
-
-            def forward(self, z):
-                return self.G(z, None, noise_mode='const', force_fp32=True, fused_modconv=False)
-
+        self.check_installed()
         if G.c_dim:
-            raise SystemExit('the onnxruntime runner of this benchmark takes unconditional generators only')
+            raise SystemExit(f'the {self.label} runner of this benchmark takes unconditional generators only')
         self.path, self.sessions = path, {}
         z = torch.randn([4, G.z_dim])
-        batch = torch.export.Dim('batch', min=1, max=64)
-        torch.onnx.export(Reference(G.eval()).eval(), (z,), path, dynamo=True, input_names=['z'], output_names=['img'],
-                          dynamic_shapes={'z': {0: batch}}, external_data=False, verbose=False)
+        export_reference(G, path)
         with torch.no_grad():
             expected = Reference(G)(z)
         self.max_error = float((self(z, None) - expected).abs().max())  # reported with the timings
 
+    def check_installed(self) -> None:
+        """Fail early when the runtime is not installed."""
+
+    def session(self, threads: int):
+        raise NotImplementedError
+
+    def run(self, session, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def __call__(self, z: torch.Tensor, c=None, noise_mode: str = 'const') -> torch.Tensor:
-        import onnxruntime
         threads = torch.get_num_threads()
         if threads not in self.sessions:
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            self.sessions[threads] = onnxruntime.InferenceSession(self.path, options,
-                                                                  providers=['CPUExecutionProvider'])
-        return torch.from_numpy(self.sessions[threads].run(None, {'z': z.numpy()})[0])
+            self.sessions[threads] = self.session(threads)
+        return self.run(self.sessions[threads], z)
+
+
+class OnnxRuntimeRunner(ExportedRunner):
+    """ONNX Runtime's CPU provider (intra-op threads = torch's, inter-op 1)."""
+
+    label = 'ONNX Runtime'
+
+    def check_installed(self) -> None:
+        import onnxruntime  # noqa: F401
+
+    def session(self, threads: int):
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        return onnxruntime.InferenceSession(self.path, options, providers=['CPUExecutionProvider'])
+
+    def run(self, session, z: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {'z': z.numpy()})[0])
+
+
+class OpenVinoRunner(ExportedRunner):
+    """The registered openvino backend on the exported file (fp32, INFERENCE_NUM_THREADS = torch's threads)."""
+
+    label = 'OpenVINO'
+
+    def check_installed(self) -> None:
+        from gan_prune.runtime.exported import import_openvino
+        import_openvino()
+
+    def session(self, threads: int):
+        from gan_prune.runtime.backends import BACKENDS
+        return BACKENDS.build('openvino', self.path, threads=threads)
+
+    def run(self, session, z: torch.Tensor) -> torch.Tensor:
+        return session(z, None, noise_mode='const')
+
+
+EXPORTED_RUNNERS = {'onnxruntime': OnnxRuntimeRunner, 'openvino': OpenVinoRunner}
 
 
 def build_runner(backend: str, G: torch.nn.Module, tmp: str, name: str):
     """A callable run(z, c, noise_mode='const') -> img for `backend`, and a note (accuracy, fallback) or ''."""
-    if backend == 'onnxruntime':
-        runner = OnnxRuntimeRunner(G, os.path.join(tmp, f'{name}.onnx'))
-        return runner, f'max |ONNX Runtime - eager| {runner.max_error:.1e}'
+    if backend in EXPORTED_RUNNERS:
+        runner = EXPORTED_RUNNERS[backend](G, os.path.join(tmp, f'{name}.onnx'))
+        return runner, f'max |{runner.label} - eager| {runner.max_error:.1e}'
     from gan_prune.runtime.backends import BACKENDS
     return BACKENDS.build(backend, G, device='cpu'), ''
 
@@ -246,7 +302,7 @@ def backend_section(teacher, nets: dict, backends: list, repeats: int, thread_co
                 runners[key], note = build_runner(backend, G, tmp, str(key))
                 if note:
                     notes.append(f'{backend}, {key}: {note}')
-                if backend == 'onnxruntime':
+                if backend in EXPORTED_RUNNERS:
                     onnx_mib[key] = os.path.getsize(os.path.join(tmp, f'{key}.onnx')) / 2 ** 20
             results[backend] = {}
             for threads in thread_counts:
@@ -281,8 +337,9 @@ def backend_section(teacher, nets: dict, backends: list, repeats: int, thread_co
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--backend', default='eager,onnxruntime,cpu-kernels',
-                        help='comma-separated inference backends to time: eager, compile, onnxruntime, cpu-kernels '
-                             '(default: %(default)s; compile takes minutes per network and input shape)')
+                        help='comma-separated inference backends to time: eager, compile, onnxruntime, openvino, '
+                             'cpu-kernels (default: %(default)s; compile takes minutes per network and input shape; '
+                             'openvino needs pip install openvino)')
     parser.add_argument('--ratios', default=','.join(map(str, PAPER_RATIOS)),
                         help='comma-separated channel ratios r of the students to time (default: %(default)s)')
     parser.add_argument('--threads', default='1,all',
@@ -303,8 +360,14 @@ def main() -> None:
 
     backends = [b.strip() for b in args.backend.split(',') if b.strip()]
     for backend in backends:
-        if backend != 'onnxruntime':
-            BACKENDS.get(backend)  # one line for an unknown name, before anything runs
+        BACKENDS.get(backend)  # one line for an unknown name, before anything runs
+        if backend == 'openvino':
+            from gan_prune.errors import GanPruneError
+            from gan_prune.runtime.exported import import_openvino
+            try:
+                import_openvino()
+            except GanPruneError as error:
+                raise SystemExit(str(error)) from None
     ratios = [float(r) for r in args.ratios.split(',') if r.strip()]
     load_before = load_average()
     prune_run = None if args.skip_prune else run_prune(args.samples, args.batch)

@@ -14,7 +14,7 @@ from gan_prune.runtime.export import EXPORT_NOISE_MODES, FORMATS
               help='Network pickle (teacher or pruned student): a path, an http(s) URL, or builtin:NAME; its G_ema '
                    'is exported.')
 @click.option('--format', 'fmt', type=click.Choice(FORMATS), default='onnx', show_default=True,
-              help='onnx: one .onnx file (opset 18) for ONNX Runtime; torchscript: a traced file for '
+              help='onnx: one .onnx file (opset 18) for ONNX Runtime or OpenVINO; torchscript: a traced file for '
                    'torch.jit.load (a format PyTorch has deprecated; prefer onnx); '
                    'web: a folder with index.html, model.onnx and the onnxruntime-web runtime.')
 @click.option('--out', required=True, metavar='PATH',

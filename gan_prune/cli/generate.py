@@ -55,8 +55,9 @@ def _known_backend(ctx: click.Context, param: click.Parameter, value: str) -> st
               help='auto: fp16 blocks run in fp32 on the CPU (much faster there) and natively on CUDA.')
 @click.option('--backend', default='eager', callback=_known_backend, show_default=True, metavar='NAME',
               help='Runtime that renders: eager (the PyTorch network, exactly as the original tool), or another '
-                   'of gan_prune.runtime.backends (onnxruntime, torchscript, ...; fp32 on the CPU, the image '
-                   'within a few grey levels of eager). An exported model picks its own.')
+                   'of gan_prune.runtime.backends (onnxruntime, openvino, torchscript, ...; fp32 on the CPU, the '
+                   'image within a few grey levels of eager). An exported model picks its own (an .onnx file: '
+                   'onnxruntime, or openvino when named).')
 @click.option('--trust-pickle', is_flag=True,
               help='Allow code in SRC to run, for a source you trust: a pickle\'s custom architecture, or a '
                    'TorchScript export (.pt), which is a program: loading it runs its code, so it renders only '

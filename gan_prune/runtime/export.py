@@ -1,4 +1,4 @@
-"""Export a generator for other runtimes: ONNX (ONNX Runtime, browsers) and TorchScript.
+"""Export a generator for other runtimes: ONNX (ONNX Runtime, OpenVINO, browsers) and TorchScript.
 
 The exported model takes ``z`` [N, z_dim] (and ``c`` [N, c_dim] when the generator is conditional) and returns
 ``img`` [N, C, H, W] float32 in the generator's own value range (about [-1, 1]); mapping and truncation are

@@ -1,8 +1,9 @@
-"""Backends that run an exported model: 'onnxruntime' (an .onnx file) and 'torchscript' (a traced .pt file).
+"""Backends that run an exported model: 'onnxruntime' and 'openvino' (an .onnx file) and 'torchscript' (a traced
+.pt file).
 
 Each is built either from a loaded generator (exported on the fly, in memory, with psi as an input so any
 truncation works) or from a file written by ``gan-prune export`` (whose truncation and noise mode are fixed
-unless it was exported with a psi input). Both run fp32 on the CPU.
+unless it was exported with a psi input). All run fp32 on the CPU; openvino is an optional package.
 
     run = BACKENDS.build('onnxruntime', 'model.onnx')
     img = run(z, truncation_psi=0.7)
@@ -98,15 +99,18 @@ class ExportedBackend:
         return inputs
 
 
-@BACKENDS.register('onnxruntime', needs_module=False, reads=('.onnx',))
-class OnnxRuntimeBackend(ExportedBackend):
-    """ONNX Runtime (CPU execution provider) on a model exported with the dynamo exporter, fp32."""
+class OnnxModelBackend(ExportedBackend):
+    """Common part of the backends that run an ONNX model: loading it (or exporting a module on first use),
+    its facts, and the call. A subclass prepares its runtime's model (_prepare) and runs it (_run)."""
+
+    name = ''
+    input_names: list[str]  # set by _prepare
 
     def __init__(self, G: torch.nn.Module | str, device: str | torch.device = 'cpu', threads: int | None = None,
                  trust: bool = False) -> None:
         """`trust` is accepted like every file backend's and not needed: an ONNX file is data."""
         if torch.device(device).type != 'cpu':
-            raise GanPruneError('the onnxruntime backend runs on the CPU; pass --device cpu')
+            raise GanPruneError(f'the {self.name} backend runs on the CPU; pass --device cpu')
         self.threads = threads
         self.G = G if isinstance(G, torch.nn.Module) else None
         self.noise_mode: str | None = None  # for a module: the noise mode of the model exported last (one per mode)
@@ -118,8 +122,15 @@ class OnnxRuntimeBackend(ExportedBackend):
         import onnx
         model = onnx.load_model_from_string(data)
         self.facts = onnx_facts(model) or self._facts_from_graph(model)
-        self.session = self._session(data, self.threads)
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self._prepare(data)
+
+    def _prepare(self, data: bytes) -> None:
+        """Make the model `data` runnable with self.threads threads; set self.input_names (the model's order)."""
+        raise NotImplementedError
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The model's output img for `feeds` (input name -> array)."""
+        raise NotImplementedError
 
     def _export_for(self, noise_mode: str) -> None:
         """A module is exported (in memory, psi as an input) on first use and again for another noise mode."""
@@ -127,14 +138,6 @@ class OnnxRuntimeBackend(ExportedBackend):
             from gan_prune.runtime.export import temporary_onnx
             self._load(temporary_onnx(self.G, noise_mode))
             self.noise_mode = noise_mode
-
-    @staticmethod
-    def _session(data: bytes, threads: int | None):
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        return ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
 
     @staticmethod
     def _facts_from_graph(model) -> dict[str, Any]:
@@ -149,7 +152,66 @@ class OnnxRuntimeBackend(ExportedBackend):
         self._export_for(noise_mode)
         self._check_call(truncation_psi, noise_mode)
         feeds = dict(zip(self.input_names, self._inputs(z, c, truncation_psi)))
-        return torch.from_numpy(self.session.run(['img'], feeds)[0])
+        return torch.from_numpy(self._run(feeds))
+
+
+@BACKENDS.register('onnxruntime', needs_module=False, reads=('.onnx',))
+class OnnxRuntimeBackend(OnnxModelBackend):
+    """ONNX Runtime (CPU execution provider) on a model exported with the dynamo exporter, fp32."""
+
+    name = 'onnxruntime'
+
+    def _prepare(self, data: bytes) -> None:
+        self.session = self._session(data, self.threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @staticmethod
+    def _session(data: bytes, threads: int | None):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        return ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(['img'], feeds)[0]
+
+
+def import_openvino():
+    """The openvino package, or one line saying how to install it (it is optional)."""
+    try:
+        import openvino
+    except ImportError:
+        raise GanPruneError('the openvino backend needs the openvino package: pip install openvino') from None
+    return openvino
+
+
+@BACKENDS.register('openvino', needs_module=False, reads=('.onnx',))
+class OpenVinoBackend(OnnxModelBackend):
+    """OpenVINO (CPU plugin) on the same ONNX model as onnxruntime, which it reads directly; fp32.
+
+    The precision is pinned to f32: on CPUs with bfloat16 (AVX-512 BF16, AMX) OpenVINO would otherwise compute
+    in bfloat16. A dynamic batch stays dynamic; `threads` sets INFERENCE_NUM_THREADS (default: OpenVINO's own).
+    """
+
+    name = 'openvino'
+
+    def __init__(self, G: torch.nn.Module | str, device: str | torch.device = 'cpu', threads: int | None = None,
+                 trust: bool = False) -> None:
+        import_openvino()  # before any export: one line when the package is missing
+        super().__init__(G, device, threads, trust)
+
+    def _prepare(self, data: bytes) -> None:
+        ov = import_openvino()
+        core = ov.Core()
+        config: dict[str, Any] = {'INFERENCE_PRECISION_HINT': 'f32'}
+        if self.threads:
+            config['INFERENCE_NUM_THREADS'] = int(self.threads)
+        self.compiled = core.compile_model(core.read_model(data), 'CPU', config)
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.compiled(feeds)['img']  # a copy: the request's own output buffer is reused by the next call
 
 
 @BACKENDS.register('torchscript', needs_module=False, reads=('.pt', '.ts'))
@@ -196,16 +258,22 @@ class TorchScriptBackend(ExportedBackend):
         return self.module(*[torch.from_numpy(a) for a in self._inputs(z, c, truncation_psi)])
 
 
+# The kind of an exported file (exported_kind) -> the suffix a backend declares in `reads` to run it.
+KIND_SUFFIX = {'onnx': '.onnx', 'torchscript': '.pt'}
+
+
 def load_exported(path: str, backend: str | None = None, **kwargs: Any) -> ExportedBackend:
-    """The backend for an exported file: its own kind unless `backend` names a compatible one. `kwargs` go to
-    the backend (`trust=True` lets a TorchScript file load)."""
+    """The backend for an exported file: the first registered one that reads its kind, unless `backend` (or
+    'eager', meaning no choice) names another that does. `kwargs` go to the backend (`trust=True` lets a
+    TorchScript file load)."""
     kind = exported_kind(path)
     if kind is None:
         raise GanPruneError(f'{path} is not an exported model (.onnx or a TorchScript file from gan-prune export)')
-    wanted = {'onnx': 'onnxruntime', 'torchscript': 'torchscript'}[kind]
-    if backend not in (None, 'eager', wanted):
-        raise GanPruneError(f'{path} is a {kind} model; run it with --backend {wanted}')
-    return BACKENDS.build(wanted, path, **kwargs)
+    readers = [name for name in BACKENDS if KIND_SUFFIX[kind] in BACKENDS.info(name).get('reads', ())]
+    if backend not in (None, 'eager', *readers):
+        raise GanPruneError(f'{path} is a {kind} model; run it with ' +
+                            ' or '.join(f'--backend {name}' for name in readers))
+    return BACKENDS.build(readers[0] if backend in (None, 'eager') else backend, path, **kwargs)
 
 
 def describe_exported(path: str) -> dict[str, Any]:

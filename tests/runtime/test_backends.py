@@ -57,7 +57,7 @@ def close(a, b):
 
 
 def test_registry_lists_the_backends_and_rejects_unknown_names():
-    assert {'eager', 'compile', 'cpu-kernels'} <= set(BACKENDS.names())
+    assert {'eager', 'compile', 'cpu-kernels', 'onnxruntime', 'openvino', 'torchscript'} <= set(BACKENDS.names())
     with pytest.raises(GanPruneError, match="unknown backend 'cpu-kernel'; did you mean 'cpu-kernels'"):
         BACKENDS.build('cpu-kernel', student())
 

@@ -1,6 +1,9 @@
-"""gan-prune export: ONNX and TorchScript models equal the eager generator, depend on z, and run from the CLI."""
+"""gan-prune export: ONNX and TorchScript models equal the eager generator, depend on z, and run from the CLI
+(ONNX through ONNX Runtime and OpenVINO)."""
+import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +20,9 @@ pytest.importorskip('onnxscript')
 pytestmark = pytest.mark.slow  # every test exports a network (tens of seconds each on a 2-core CPU)
 
 TOL = 1e-4
+
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec('openvino') is None,
+                                    reason='openvino is not installed (pip install openvino)')
 
 
 def make_generator(architecture='skip', c_dim=0, num_fp16_res=0, seed=0, channel_max=8):
@@ -96,6 +102,35 @@ def test_onnx_equals_eager(exported):
         assert (out - ref).abs().max().item() < TOL, name
 
 
+@needs_openvino
+def test_openvino_equals_eager(exported):
+    """OpenVINO reads the exported file itself; fp32 (not the bfloat16 it picks on some CPUs), any batch."""
+    name, G, onnx_path, _ = exported
+    run = BACKENDS.build('openvino', onnx_path)
+    assert run.input_names == (['z', 'c'] if G.c_dim else ['z'])
+    for seed in range(3):
+        z, c = inputs(G, seed, batch=1 + seed)  # dynamic batch: 1, 2, 3
+        ref = eager(G, z, c, 0.7)
+        out = run(z, c, truncation_psi=0.7)
+        assert out.shape == ref.shape and out.dtype == torch.float32
+        assert (out - ref).abs().max().item() < TOL, name
+
+
+@needs_openvino
+def test_openvino_image_depends_on_z_and_takes_a_thread_count(exported):
+    _, G, onnx_path, _ = exported
+    run = BACKENDS.build('openvino', onnx_path, threads=1)
+    assert run.compiled.get_property('INFERENCE_NUM_THREADS') == 1
+    from openvino import Type
+    assert run.compiled.get_property('INFERENCE_PRECISION_HINT') == Type.f32
+    z1, c = inputs(G, 0, batch=2)
+    z2, _ = inputs(G, 1, batch=2)
+    out1, out2 = run(z1, c, truncation_psi=0.7), run(z2, c, truncation_psi=0.7)
+    assert (out1 - out2).abs().mean().item() > 1e-2
+    assert (out1[0] - out1[1]).abs().mean().item() > 1e-2
+    assert (out1 - BACKENDS.build('openvino', onnx_path, threads=2)(z1, c, truncation_psi=0.7)).abs().max() < TOL
+
+
 def test_torchscript_equals_eager(exported):
     name, G, _, ts_path = exported
     module = torch.jit.load(ts_path)
@@ -141,6 +176,9 @@ def test_fixed_batch_and_noise_none(tmp_path):
     assert dims == [2, 12]
     z, c = inputs(G, 5, batch=2)
     assert (run_onnx(path, z, c) - eager(G, z, c, 1.0, 'none')).abs().max().item() < TOL
+    if importlib.util.find_spec('openvino') is not None:
+        out = BACKENDS.build('openvino', path)(z, c, noise_mode='none')
+        assert (out - eager(G, z, c, 1.0, 'none')).abs().max().item() < TOL
 
 
 def test_fp16_weight_storage_halves_the_file_and_computes_in_fp32(tmp_path):
@@ -156,12 +194,16 @@ def test_fp16_weight_storage_halves_the_file_and_computes_in_fp32(tmp_path):
     z, c = inputs(G, 0)
     diff = (run_onnx(half, z, c) - eager(G, z, c, 0.7)).abs().max().item()
     assert 0 < diff < 2e-2
+    if importlib.util.find_spec('openvino') is not None:  # the float16 weights are cast back, not computed in
+        out = BACKENDS.build('openvino', half)(z, c, truncation_psi=0.7)
+        assert (out - run_onnx(half, z, c)).abs().max().item() < TOL
 
 
 def test_backends_from_a_module_take_any_truncation():
     G = make_generator('resnet', c_dim=3)
     z, c = inputs(G, 3)
-    for name in ('onnxruntime', 'torchscript'):
+    names = ('onnxruntime', 'torchscript') + (('openvino',) if importlib.util.find_spec('openvino') else ())
+    for name in names:
         run = BACKENDS.build(name, G)
         for psi in (0.5, 1.0):
             assert (run(z, c, truncation_psi=psi) - eager(G, z, c, psi)).abs().max().item() < TOL, (name, psi)
@@ -170,7 +212,10 @@ def test_backends_from_a_module_take_any_truncation():
 def test_exported_file_refuses_another_truncation(exported):
     _, G, onnx_path, ts_path = exported
     z, c = inputs(G, 0)
-    for name, path in (('onnxruntime', onnx_path), ('torchscript', ts_path)):
+    runs = [('onnxruntime', onnx_path), ('torchscript', ts_path)]
+    if importlib.util.find_spec('openvino') is not None:
+        runs.append(('openvino', onnx_path))
+    for name, path in runs:
         run = BACKENDS.build(name, path, trust=True)  # a TorchScript file is a program: it loads when trusted
         assert run.z_dim == 12 and run.c_dim == G.c_dim
         with pytest.raises(GanPruneError, match='exported with truncation 0.7'):
@@ -222,10 +267,13 @@ def test_cli_export_generate_and_info(snapshot, tmp_path, capsys):
     seeds = '0-2'
     main(['generate', '--pkl', snapshot, '--seeds', seeds, '--trunc', '0.7', '--outdir', str(tmp_path / 'eager'),
           '--device', 'cpu'])
-    for name, src in (('onnx-file', onnx_path), ('ts-file', ts_path), ('onnxruntime', snapshot)):
+    runs = [('onnx-file', onnx_path, None), ('ts-file', ts_path, None), ('onnxruntime', snapshot, 'onnxruntime')]
+    if importlib.util.find_spec('openvino') is not None:
+        runs.append(('openvino-file', onnx_path, 'openvino'))
+    for name, src, backend in runs:
         args = ['generate', '--pkl', src, '--seeds', seeds, '--trunc', '0.7', '--outdir', str(tmp_path / name),
                 '--device', 'cpu']
-        main(args + (['--backend', 'onnxruntime'] if name == 'onnxruntime' else [])
+        main(args + (['--backend', backend] if backend else [])
              + (['--trust-pickle'] if name == 'ts-file' else []))  # a TorchScript file is a program
         for seed in range(3):
             ref = read_png(tmp_path / 'eager' / f'seed{seed:04d}.png')
@@ -256,9 +304,25 @@ def test_cli_one_line_errors(snapshot, tmp_path, capsys, monkeypatch):
     export_onnx(make_generator(), onnx_path, truncation_psi=0.5)
     code, _, err = run_cli(['generate', '--pkl', onnx_path, '--backend', 'torchscript', '--outdir', str(tmp_path)],
                            capsys)
-    assert code == 1 and '--backend onnxruntime' in err and err.count('\n') == 1
+    assert code == 1 and '--backend onnxruntime or --backend openvino' in err and err.count('\n') == 1
     code, _, err = run_cli(['generate', '--pkl', onnx_path, '--trunc', '1', '--outdir', str(tmp_path)], capsys)
     assert code == 1 and 'pass --trunc 0.5' in err and err.count('\n') == 1
+
+
+def test_openvino_missing_says_how_to_install_it_in_one_line(snapshot, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'openvino', None)  # import openvino raises ImportError
+    assert 'openvino' in BACKENDS.names()
+    onnx_path = str(tmp_path / 'G.onnx')
+    export_onnx(make_generator(), onnx_path)
+    message = 'the openvino backend needs the openvino package: pip install openvino'
+    for source in (onnx_path, make_generator()):
+        with pytest.raises(GanPruneError, match=message):
+            BACKENDS.build('openvino', source)
+    for src in (onnx_path, snapshot):
+        code, _, err = run_cli(['generate', '--pkl', src, '--backend', 'openvino', '--outdir', str(tmp_path / 'out'),
+                                '--device', 'cpu'], capsys)
+        assert code == 1 and err.strip().endswith(message) and err.count('\n') == 1
+    assert not (tmp_path / 'out').exists() or not os.listdir(tmp_path / 'out')
 
 
 def test_export_to_a_folder_is_refused(tmp_path):
