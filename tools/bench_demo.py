@@ -5,7 +5,7 @@ each variant changing one setting, and measures the student's FD on EfficientNet
 offline detector; not comparable with Inception FID) against independent teacher samples, before fine-tuning
 (the pruned network) and after (the run's last G_ema).
 
-    python tools/bench_demo.py --kimg 1 --variants demo,torgb-pruned,ds-teacher,lr-0.001,kd-none
+    python tools/bench_demo.py --kimg 1 --variants demo,torgb-teacher,ds-teacher,lr-0.005,kd-none
 
 The table goes to stdout and, unless --no-write, to the "demo-convergence" section of docs/results.md.
 """
@@ -23,18 +23,20 @@ from gan_prune.core import bench
 
 RESULTS_MD = bench.repo_file(__file__, 'docs', 'results.md')
 
-# name -> (toRGB gain at prune time, distill options that differ from the demo's)
-VARIANTS: dict[str, tuple[str, dict]] = {
-    'demo': ('teacher', {}),
+# name -> (toRGB gain at prune time, None for the demo's own, i.e. `gan-prune prune`'s default; distill options
+# that differ from the demo's)
+VARIANTS: dict[str, tuple[str | None, dict]] = {
+    'demo': (None, {}),
     'torgb-pruned': ('pruned', {}),
-    'ds-teacher': ('teacher', dict(ds_init='teacher')),
-    'lr-0.001': ('teacher', dict(lr=0.001)),
-    'lr-0.005': ('teacher', dict(lr=0.005)),
-    'batch-32': ('teacher', dict(batch=32)),
-    'kd-none': ('teacher', dict(kd='none')),
-    'dime-x45': ('teacher', dict(dime='effnet-lite0:96=45')),
-    'dime-224': ('teacher', dict(dime='effnet-lite0:224=15')),
-    'no-teacher-d': ('teacher', dict(teacher_d=False)),
+    'torgb-teacher': ('teacher', {}),
+    'ds-teacher': (None, dict(ds_init='teacher')),
+    'lr-0.001': (None, dict(lr=0.001)),
+    'lr-0.005': (None, dict(lr=0.005)),
+    'batch-32': (None, dict(batch=32)),
+    'kd-none': (None, dict(kd='none')),
+    'dime-x45': (None, dict(dime='effnet-lite0:96=45')),
+    'dime-224': (None, dict(dime='effnet-lite0:224=15')),
+    'no-teacher-d': (None, dict(teacher_d=False)),
 }
 
 
@@ -55,14 +57,14 @@ def distill_variant(o: dict, pruned_pkl: str, data: str, workdir: str, name: str
 
 def main() -> None:
     from gan_prune import load_network_pkl
-    from gan_prune.defaults import DEMO
+    from gan_prune.defaults import DEMO, PRUNE
     from gan_prune.demo.pipeline import write_demo_data
     from gan_prune.metrics.compute import fid_from_moments
     from gan_prune.metrics.detectors import build_detector
     from gan_prune.prune.pipeline import prune
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--variants', default='demo,torgb-pruned,ds-teacher,lr-0.001,kd-none',
+    p.add_argument('--variants', default='demo,torgb-teacher,ds-teacher,lr-0.005,kd-none',
                    help=f'Comma-separated, from: {", ".join(VARIANTS)} (default: %(default)s).')
     p.add_argument('--kimg', type=float, default=DEMO['kimg'], help='Distillation length (default: the demo\'s).')
     p.add_argument('--seeds', default='0', help='Training seeds, comma-separated (default: %(default)s).')
@@ -93,6 +95,7 @@ def main() -> None:
     pruned: dict[str, tuple[str, float]] = {}
     for name in names:
         gain, overrides = VARIANTS[name]
+        gain = gain or PRUNE['torgb_gain']
         if gain not in pruned:
             pkl = os.path.join(workdir, f'pruned-{gain}.pkl')
             prune(o['teacher'], pkl, rate=float(o['rate']), criterion=o['criterion'], mask=o['mask'],
