@@ -44,6 +44,11 @@ class Registry(Generic[T]):
             return factory
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a plug-in registered for a while, e.g. by a test); unknown names are ignored."""
+        self._factories.pop(name, None)
+        self._info.pop(name, None)
+
     def names(self) -> list[str]:
         return list(self._factories)
 

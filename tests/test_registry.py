@@ -33,6 +33,25 @@ def test_a_name_cannot_be_registered_twice():
         things.register('a')(list)
 
 
+def test_unregister_forgets_a_name_so_it_can_be_registered_again():
+    things = Registry('thing')
+    things.register('a', n=1)(dict)
+    things.unregister('a')
+    things.unregister('never-registered')  # ignored
+    assert 'a' not in things and things.names() == []
+    with pytest.raises(GanPruneError, match="unknown thing 'a'"):
+        things.info('a')
+    things.register('a', n=2)(list)
+    assert things.build('a') == [] and things.info('a') == {'n': 2}
+
+
+def test_embedders_use_the_shared_registry():
+    from gan_prune.distill.embedders import EMBEDDERS, build_embedder
+    assert isinstance(EMBEDDERS, Registry) and 'effnet-lite0' in EMBEDDERS
+    with pytest.raises(GanPruneError, match="unknown embedder 'efnet-lite0'; did you mean 'effnet-lite0'"):
+        build_embedder('efnet-lite0')
+
+
 def test_eager_backend_runs_fp32_on_cpu():
     import torch
 

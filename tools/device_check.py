@@ -78,7 +78,7 @@ def prepare(work: str, plan: dict) -> dict:
     import torch
 
     import gan_prune
-    from gan_prune.distill.data import write_dataset_zip
+    from gan_prune.data.datasets import write_dataset_zip
     from gan_prune.prune.solver import ratio_channels
     from gan_prune.prune.surgery import feature_maps, slice_generator
     from training import networks

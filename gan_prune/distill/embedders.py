@@ -31,17 +31,19 @@ from torch import nn
 
 from gan_prune.errors import GanPruneError
 from gan_prune.features import effnet_lite, torchscript
+from gan_prune.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CLIP_ARCH = 'RN50'
 
-EMBEDDERS: dict[str, type['Embedder']] = {}
+# Family name (what a spec starts with) -> the class's from_spec(arg, weights, normalize, trust=...).
+EMBEDDERS: Registry['Embedder'] = Registry('embedder')
 
 
 def register_embedder(cls: type['Embedder']) -> type['Embedder']:
     """Class decorator: make `cls` buildable from specs that start with `cls.family`."""
-    EMBEDDERS[cls.family] = cls
+    EMBEDDERS.register(cls.family)(cls.from_spec)
     return cls
 
 
@@ -56,11 +58,7 @@ def build_embedder(spec: str, weights: str | None = None, normalize: bool = Fals
     """A frozen, eval-mode embedder for `spec` (see the module docstring), on the CPU; `.to(device)` it as needed.
     `trust` lets TorchScript files the toolkit does not know run (--trust-pickle)."""
     family, arg = split_spec(spec)
-    cls = EMBEDDERS.get(family)
-    if cls is None:
-        raise GanPruneError(f'unknown embedder {spec!r}; choose one of: effnet-lite0, clip:ARCH, dino-resnet50, '
-                            'torchscript:FILE')
-    return cls.from_spec(arg, weights=weights, normalize=normalize, trust=trust)
+    return EMBEDDERS.build(family, arg, weights=weights, normalize=normalize, trust=trust)
 
 
 class Embedder(nn.Module):

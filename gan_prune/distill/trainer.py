@@ -490,6 +490,8 @@ class Trainer:
             while True:
                 self.train_step()
                 bar.update(self.batch / 1000)
+                if bar.n > bar.total:  # the last batch may pass --kimg: training ends at the first step that reaches it
+                    bar.total = bar.n
                 now = time.time()
                 if self.is_main and now - last_postfix > 1.0:
                     last_postfix = now

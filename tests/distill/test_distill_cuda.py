@@ -7,7 +7,6 @@ differ is arithmetic: our fused ops and cuDNN against the CPU reference path.
 import functools
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,34 +19,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason='needs a CUDA device (tools/device_check.sh runs these)')
 pytestmark = [pytest.mark.cuda, needs_cuda]
 DEVICE = 'cuda'
-
-
-@pytest.fixture(scope='module')
-def files(tmp_path_factory, save_tiny_embedder):
-    import dnnlib
-    import gan_prune
-    from training import networks
-    from gan_prune.distill.data import write_dataset_zip
-    d = tmp_path_factory.mktemp('distill_cuda')
-    E = dnnlib.EasyDict
-
-    def generator(cmax, seed):
-        torch.manual_seed(seed)
-        return networks.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=RES, img_channels=3,
-                                  mapping_kwargs=E(num_layers=2),
-                                  synthesis_kwargs=E(channel_base=RES * cmax, channel_max=cmax)).eval()
-
-    G_t = generator(16, 0)
-    torch.manual_seed(1)
-    D_t = networks.Discriminator(c_dim=0, img_resolution=RES, img_channels=3, channel_base=RES * 16, channel_max=16,
-                                 epilogue_kwargs=E(mbstd_group_size=4)).eval()
-    G_s = generator(8, 2)
-    G_s.mapping.load_state_dict(G_t.mapping.state_dict())
-    gan_prune.save_network_pkl(dict(G=G_t, D=D_t, G_ema=G_t), d / 'teacher.pkl')
-    gan_prune.save_network_pkl(dict(G=G_s, D=D_t, G_ema=G_s), d / 'student.pkl')
-    write_dataset_zip(d / 'data.zip', np.random.RandomState(0).randint(0, 256, (12, RES, RES, 3), dtype=np.uint8))
-    save_tiny_embedder(d / 'embed.pt', seed=3)
-    return d
 
 
 def options(files, outdir, **overrides):

@@ -33,7 +33,7 @@ def _networks(seed: int):
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
     import gan_prune
-    from gan_prune.distill.data import write_dataset_zip
+    from gan_prune.data.datasets import write_dataset_zip
     d = tmp_path_factory.mktemp('distill_inputs')
     gan_prune.save_network_pkl(_networks(0), d / 'teacher.pkl')
     gan_prune.save_network_pkl(_networks(1), d / 'student.pkl')
@@ -164,7 +164,7 @@ def test_resume_with_another_teacher_is_refused_a_moved_copy_is_not(files, tmp_p
 def test_outputs_stay_out_of_the_inputs(files, tmp_path):
     folder = tmp_path / 'images'
     folder.mkdir()
-    from gan_prune.distill.data import ImageDataset
+    from gan_prune.data.datasets import ImageDataset
     import PIL.Image
     for i in range(4):
         PIL.Image.fromarray(np.full((RES, RES, 3), i * 60, np.uint8)).save(folder / f'{i}.png')

@@ -67,7 +67,7 @@ def test_registry_new_embedder_is_a_new_class():
         with pytest.raises(GanPruneError):
             emb(torch.zeros(1, 4, 8, 8))
     finally:
-        E.EMBEDDERS.pop('test-mean-colour')
+        E.EMBEDDERS.unregister('test-mean-colour')
 
 
 # ------------------------------------------------------------------------------------------------ effnet-lite0
