@@ -6,7 +6,6 @@ pruning, at the first snapshot) would cost the user the work done before it.
 """
 from __future__ import annotations
 
-import os
 
 import click
 
@@ -63,15 +62,11 @@ def embedders(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def check_detector_spec(spec: str, option: str = '--detector') -> None:
-    from gan_prune.metrics.detectors import DETECTOR_CHOICES, EFFNET_LITE0, INCEPTION
-    if spec in (EFFNET_LITE0, INCEPTION):
-        return
-    if spec.startswith(INCEPTION + ':'):
-        path = os.path.expanduser(spec[len(INCEPTION) + 1:])
-        if not os.path.isfile(path):
-            raise GanPruneError(f'{option}: no Inception detector file {path}; check the path')
-        return
-    raise GanPruneError(f'{option}: unknown detector {spec!r}; choose one of: {", ".join(DETECTOR_CHOICES)}')
+    from gan_prune.metrics import detectors
+    try:
+        detectors.check_detector_spec(spec)
+    except GanPruneError as e:
+        raise GanPruneError(f'{option}: {e}') from e
 
 
 def _with_option(param: click.Parameter, check, value: str) -> None:

@@ -202,7 +202,7 @@ def _validate_specs(o: dict) -> None:
     """Names used only later (embedders when the losses are built, metrics at the first snapshot), checked now."""
     from gan_prune.distill.dime import check_embedder_specs
     from gan_prune.metrics.compute import parse_metrics
-    from gan_prune.metrics.detectors import DETECTOR_CHOICES, EFFNET_LITE0, INCEPTION
+    from gan_prune.metrics.detectors import EFFNET_LITE0, check_detector_spec
     for option, key, check in (('--dime', 'dime', check_embedder_specs), ('--metrics', 'metrics', parse_metrics)):
         value = o.get(key)
         if value and str(value).strip().lower() != 'none':
@@ -210,10 +210,10 @@ def _validate_specs(o: dict) -> None:
                 check(value)
             except GanPruneError as e:
                 raise GanPruneError(f'{option}: {e}') from e
-    detector = str(o.get('metrics_detector') or EFFNET_LITE0)
-    if detector not in (EFFNET_LITE0, INCEPTION) and not detector.startswith(INCEPTION + ':'):
-        raise GanPruneError(f'--metrics-detector: unknown detector {detector!r}; choose one of: '
-                            f'{", ".join(DETECTOR_CHOICES)}')
+    try:
+        check_detector_spec(str(o.get('metrics_detector') or EFFNET_LITE0))
+    except GanPruneError as e:
+        raise GanPruneError(f'--metrics-detector: {e}') from e
 
 
 def fetch_weights(opts: dict, progress: bool = True) -> dict:

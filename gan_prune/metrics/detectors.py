@@ -24,6 +24,7 @@ from gan_prune.core.cache import cache_dir as core_cache_dir
 from gan_prune.core.device import resolve_device
 from gan_prune.errors import GanPruneError
 from gan_prune.features import torchscript
+from gan_prune.registry import Registry
 
 INCEPTION = 'inception'
 EFFNET_LITE0 = 'effnet-lite0'
@@ -136,20 +137,47 @@ def default_inception_paths(cache_dir: str | None = None) -> list[str]:
     return paths
 
 
+# Detector name -> factory(arg, device, cache_dir, trust), `arg` being what follows 'name:' in a spec (a file).
+# `takes_file`: whether a spec may name a file; the CLI's checks and the error lines come from here.
+DETECTORS: Registry[Detector] = Registry('detector')
+
+
+@DETECTORS.register(EFFNET_LITE0, takes_file=False)
+def _effnet_lite0(arg: str | None, device: torch.device, cache_dir: str | None, trust: bool) -> Detector:
+    return EffNetLite0Detector(device)
+
+
+@DETECTORS.register(INCEPTION, takes_file=True)
+def _inception(arg: str | None, device: torch.device, cache_dir: str | None, trust: bool) -> Detector:
+    if arg is not None:
+        return TorchScriptInceptionDetector(os.path.expanduser(arg), device, trust)
+    paths = default_inception_paths(cache_dir)
+    found = [p for p in paths if os.path.isfile(p)]
+    if not found:
+        raise GanPruneError(f'no Inception detector file at {paths[0]}; copy inception-2015-12-05.pt there, '
+                            'pass --detector inception:FILE, or use --detector effnet-lite0 (offline)')
+    return TorchScriptInceptionDetector(found[0], device, trust)
+
+
+def split_detector_spec(spec: str) -> tuple[str, str | None]:
+    """'inception:/a/b.pt' -> ('inception', '/a/b.pt'); 'effnet-lite0' -> ('effnet-lite0', None)."""
+    name, sep, arg = spec.strip().partition(':')
+    return name.strip().lower(), (arg.strip() or None) if sep else None
+
+
+def check_detector_spec(spec: str) -> None:
+    """Check a detector spec without loading anything: a known name, and the file it names exists."""
+    name, arg = split_detector_spec(spec)
+    if not DETECTORS.info(name)['takes_file'] and arg is not None:
+        raise GanPruneError(f'detector {name} takes no file (got {spec!r}); choose one of: '
+                            f'{", ".join(DETECTOR_CHOICES)}')
+    if arg is not None and not os.path.isfile(os.path.expanduser(arg)):
+        raise GanPruneError(f'no Inception detector file {os.path.expanduser(arg)}; check the path')
+
+
 def build_detector(spec: str, device: str | torch.device | None = None, cache_dir: str | None = None,
                    trust: bool = False) -> Detector:
     """'effnet-lite0' | 'inception' (default file location) | 'inception:FILE' -> a ready Detector.
     `trust` lets an Inception file that is not NVIDIA's published one run (--trust-pickle)."""
-    device = resolve_device(device)
-    if spec == EFFNET_LITE0:
-        return EffNetLite0Detector(device)
-    if spec == INCEPTION:
-        paths = default_inception_paths(cache_dir)
-        found = [p for p in paths if os.path.isfile(p)]
-        if not found:
-            raise GanPruneError(f'no Inception detector file at {paths[0]}; copy inception-2015-12-05.pt there, '
-                                'pass --detector inception:FILE, or use --detector effnet-lite0 (offline)')
-        return TorchScriptInceptionDetector(found[0], device, trust)
-    if spec.startswith(INCEPTION + ':'):
-        return TorchScriptInceptionDetector(os.path.expanduser(spec[len(INCEPTION) + 1:]), device, trust)
-    raise GanPruneError(f'unknown detector {spec!r}; choose one of: {", ".join(DETECTOR_CHOICES)}')
+    name, arg = split_detector_spec(spec)
+    return DETECTORS.build(name, arg, resolve_device(device), cache_dir, trust)

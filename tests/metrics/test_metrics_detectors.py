@@ -149,3 +149,16 @@ def test_effnet_lite0_features():
     assert not torch.allclose(feats[0], feats[1])
     torch.testing.assert_close(det.features(images), feats)
     assert 'preprocessing' in det.identity()
+
+
+def test_detector_specs_are_checked_from_the_registry_without_loading(tmp_path, scripted_detector_file):
+    assert set(detectors.DETECTORS) == {'effnet-lite0', 'inception'}
+    detectors.check_detector_spec('effnet-lite0')
+    detectors.check_detector_spec('inception')  # the default file is looked for when the detector is built
+    detectors.check_detector_spec('inception:' + scripted_detector_file)
+    with pytest.raises(GanPruneError, match="unknown detector 'incepton'; did you mean 'inception'"):
+        detectors.check_detector_spec('incepton')
+    with pytest.raises(GanPruneError, match='takes no file'):
+        detectors.check_detector_spec('effnet-lite0:weights.pt')
+    with pytest.raises(GanPruneError, match='no Inception detector file'):
+        detectors.check_detector_spec('inception:' + str(tmp_path / 'missing.pt'))
