@@ -2,6 +2,7 @@
 import collections
 import http.server
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -22,6 +23,18 @@ def golden_root() -> Path:
     """tests/golden in this repository, or $GAN_PRUNE_GOLDEN when set (e.g. a regenerated copy)."""
     env = os.environ.get('GAN_PRUNE_GOLDEN')
     return Path(env) if env else REPO / 'tests' / 'golden'
+
+
+@pytest.fixture(autouse=True)
+def restore_sigchld_handler():
+    """Each test leaves SIGCHLD as it found it. torch's DataLoader installs a process-wide SIGCHLD handler the first
+    time it starts worker processes and never removes it; a later test's subprocess then runs that handler, and once
+    OpenVINO had been loaded too the test process died of SIGSEGV while waiting for a child (tools/device_check's
+    steps)."""
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, before)
 
 
 @pytest.fixture(scope='session')

@@ -32,6 +32,8 @@ VARIANTS: dict[str, tuple[str | None, dict]] = {
     'ds-teacher': (None, dict(ds_init='teacher')),
     'lr-0.001': (None, dict(lr=0.001)),
     'lr-0.005': (None, dict(lr=0.005)),
+    'lr-0.01': (None, dict(lr=0.01)),
+    'batch-8': (None, dict(batch=8)),
     'batch-32': (None, dict(batch=32)),
     'kd-none': (None, dict(kd='none')),
     'dime-x45': (None, dict(dime='effnet-lite0:96=45')),

@@ -434,6 +434,7 @@ class RealImageSource:
             self._iterator = self._make_iterator()
         batch = next(self._iterator)
         if isinstance(batch, _LoadFailure):
+            self.close()  # the caller ends with this error: stop the workers now, not when the iterator is collected
             raise GanPruneError(batch.message)
         images, labels = batch
         self.steps_done += 1
@@ -459,7 +460,12 @@ class RealImageSource:
         self._iterator = None
 
     def close(self) -> None:
-        self._iterator = None
+        """Stop the loader's worker processes now. Left to garbage collection, they outlive an iterator that an
+        exception's traceback still references, and torch keeps watching their process ids (SIGCHLD handler)."""
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, '_shutdown_workers', None)  # torch's multi-process iterator; absent in-process
+        if shutdown is not None:
+            shutdown()
 
 
 class TeacherSampleDataset:

@@ -177,9 +177,11 @@ def test_loader_worker_processes_give_the_same_batches(tmp_path):
     ds = ImageDataset(write_dataset_zip(tmp_path / 's.zip', random_images(6)))
     in_process = RealImageSource(ds, batch_size=2, seed=4, workers=0)
     with_worker = RealImageSource(ds, batch_size=2, seed=4, workers=1)  # the dataset (and its zip) is pickled
-    for _ in range(4):
-        torch.testing.assert_close(in_process.next()[0], with_worker.next()[0], rtol=0, atol=0)
-    with_worker.close()
+    try:
+        for _ in range(4):
+            torch.testing.assert_close(in_process.next()[0], with_worker.next()[0], rtol=0, atol=0)
+    finally:
+        with_worker.close()
 
 
 # -- one bad image: one line naming the file, in the main process or in a loader worker
@@ -267,6 +269,7 @@ def test_unexpected_error_in_a_worker_is_one_line_naming_the_file(tmp_path, monk
     src = RealImageSource(ds, batch_size=2, seed=0, workers=1)
     with pytest.raises(GanPruneError) as e:
         src.next()
+    assert src._iterator is None  # the failure stopped the worker
     assert 'RuntimeError' in str(e.value) and 'img0000000' in str(e.value) and '\n' not in str(e.value)
 
 
