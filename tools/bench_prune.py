@@ -92,9 +92,11 @@ def export_reference(G: torch.nn.Module, path: str) -> None:
 
 class ExportedRunner:
     """The float32 reference path of G exported to ONNX (once per network: the runners share the file), run by
-    another runtime. Called like a backend; the runtime's intra-op threads follow torch.get_num_threads() at
-    call time (one session per thread count)."""
+    the registered backend `backend` that reads ONNX files, as `gan-prune generate --backend` runs it. Called like
+    a backend; the runtime's intra-op threads follow torch.get_num_threads() at call time (one backend instance
+    per thread count)."""
 
+    backend = ''  # the registered backend that runs the file
     label = ''  # the runtime's name in the parity note
 
     def __init__(self, G: torch.nn.Module, path: str) -> None:
@@ -109,54 +111,30 @@ class ExportedRunner:
         self.max_error = float((self(z, None) - expected).abs().max())  # reported with the timings
 
     def check_installed(self) -> None:
-        """Fail early when the runtime is not installed."""
-
-    def session(self, threads: int):
-        raise NotImplementedError
-
-    def run(self, session, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Fail before the export when the runtime is an optional package that is not installed."""
 
     def __call__(self, z: torch.Tensor, c=None, noise_mode: str = 'const') -> torch.Tensor:
+        from gan_prune.runtime.backends import BACKENDS
         threads = torch.get_num_threads()
         if threads not in self.sessions:
-            self.sessions[threads] = self.session(threads)
-        return self.run(self.sessions[threads], z)
+            self.sessions[threads] = BACKENDS.build(self.backend, self.path, threads=threads)
+        return self.sessions[threads](z, None, noise_mode='const')
 
 
 class OnnxRuntimeRunner(ExportedRunner):
-    """ONNX Runtime's CPU provider (intra-op threads = torch's, inter-op 1)."""
+    """ONNX Runtime's CPU provider (intra-op threads = torch's)."""
 
-    label = 'ONNX Runtime'
-
-    def check_installed(self) -> None:
-        import onnxruntime  # noqa: F401
-
-    def session(self, threads: int):
-        import onnxruntime
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        return onnxruntime.InferenceSession(self.path, options, providers=['CPUExecutionProvider'])
-
-    def run(self, session, z: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {'z': z.numpy()})[0])
+    backend, label = 'onnxruntime', 'ONNX Runtime'
 
 
 class OpenVinoRunner(ExportedRunner):
-    """The registered openvino backend on the exported file (fp32, INFERENCE_NUM_THREADS = torch's threads)."""
+    """OpenVINO's CPU plugin (fp32, INFERENCE_NUM_THREADS = torch's threads)."""
 
-    label = 'OpenVINO'
+    backend, label = 'openvino', 'OpenVINO'
 
     def check_installed(self) -> None:
         from gan_prune.runtime.exported import import_openvino
         import_openvino()
-
-    def session(self, threads: int):
-        from gan_prune.runtime.backends import BACKENDS
-        return BACKENDS.build('openvino', self.path, threads=threads)
-
-    def run(self, session, z: torch.Tensor) -> torch.Tensor:
-        return session(z, None, noise_mode='const')
 
 
 EXPORTED_RUNNERS = {'onnxruntime': OnnxRuntimeRunner, 'openvino': OpenVinoRunner}
