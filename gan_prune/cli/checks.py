@@ -6,7 +6,6 @@ pruning, at the first snapshot) would cost the user the work done before it.
 """
 from __future__ import annotations
 
-
 import click
 
 from gan_prune.errors import GanPruneError
@@ -49,7 +48,8 @@ def metrics(ctx: click.Context, param: click.Parameter, value: str | None) -> st
 def detector(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """--detector / --metrics-detector: effnet-lite0, inception or inception:FILE (the file must exist)."""
     if value:
-        check_detector_spec(value, _option(param))
+        from gan_prune.metrics.detectors import check_detector_spec
+        _with_option(param, check_detector_spec, value)
     return value
 
 
@@ -59,14 +59,6 @@ def embedders(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         from gan_prune.distill.dime import check_embedder_specs
         _with_option(param, check_embedder_specs, value)
     return value
-
-
-def check_detector_spec(spec: str, option: str = '--detector') -> None:
-    from gan_prune.metrics import detectors
-    try:
-        detectors.check_detector_spec(spec)
-    except GanPruneError as e:
-        raise GanPruneError(f'{option}: {e}') from e
 
 
 def _with_option(param: click.Parameter, check, value: str) -> None:
