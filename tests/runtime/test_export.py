@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow  # every test exports a network (tens of seconds e
 
 TOL = 1e-4
 
-needs_openvino = pytest.mark.skipif(importlib.util.find_spec('openvino') is None,
-                                    reason='openvino is not installed (pip install openvino)')
+HAS_OPENVINO = importlib.util.find_spec('openvino') is not None  # optional: its runs join the others when present
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason='openvino is not installed (pip install openvino)')
 
 
 def make_generator(architecture='skip', c_dim=0, num_fp16_res=0, seed=0, channel_max=8):
@@ -176,7 +176,7 @@ def test_fixed_batch_and_noise_none(tmp_path):
     assert dims == [2, 12]
     z, c = inputs(G, 5, batch=2)
     assert (run_onnx(path, z, c) - eager(G, z, c, 1.0, 'none')).abs().max().item() < TOL
-    if importlib.util.find_spec('openvino') is not None:
+    if HAS_OPENVINO:
         out = BACKENDS.build('openvino', path)(z, c, noise_mode='none')
         assert (out - eager(G, z, c, 1.0, 'none')).abs().max().item() < TOL
 
@@ -194,7 +194,7 @@ def test_fp16_weight_storage_halves_the_file_and_computes_in_fp32(tmp_path):
     z, c = inputs(G, 0)
     diff = (run_onnx(half, z, c) - eager(G, z, c, 0.7)).abs().max().item()
     assert 0 < diff < 2e-2
-    if importlib.util.find_spec('openvino') is not None:  # the float16 weights are cast back, not computed in
+    if HAS_OPENVINO:  # float16 weights are cast back to float32, not computed in float16
         out = BACKENDS.build('openvino', half)(z, c, truncation_psi=0.7)
         assert (out - run_onnx(half, z, c)).abs().max().item() < TOL
 
@@ -202,7 +202,7 @@ def test_fp16_weight_storage_halves_the_file_and_computes_in_fp32(tmp_path):
 def test_backends_from_a_module_take_any_truncation():
     G = make_generator('resnet', c_dim=3)
     z, c = inputs(G, 3)
-    names = ('onnxruntime', 'torchscript') + (('openvino',) if importlib.util.find_spec('openvino') else ())
+    names = ('onnxruntime', 'torchscript') + (('openvino',) if HAS_OPENVINO else ())
     for name in names:
         run = BACKENDS.build(name, G)
         for psi in (0.5, 1.0):
@@ -213,7 +213,7 @@ def test_exported_file_refuses_another_truncation(exported):
     _, G, onnx_path, ts_path = exported
     z, c = inputs(G, 0)
     runs = [('onnxruntime', onnx_path), ('torchscript', ts_path)]
-    if importlib.util.find_spec('openvino') is not None:
+    if HAS_OPENVINO:
         runs.append(('openvino', onnx_path))
     for name, path in runs:
         run = BACKENDS.build(name, path, trust=True)  # a TorchScript file is a program: it loads when trusted
@@ -268,7 +268,7 @@ def test_cli_export_generate_and_info(snapshot, tmp_path, capsys):
     main(['generate', '--pkl', snapshot, '--seeds', seeds, '--trunc', '0.7', '--outdir', str(tmp_path / 'eager'),
           '--device', 'cpu'])
     runs = [('onnx-file', onnx_path, None), ('ts-file', ts_path, None), ('onnxruntime', snapshot, 'onnxruntime')]
-    if importlib.util.find_spec('openvino') is not None:
+    if HAS_OPENVINO:
         runs.append(('openvino-file', onnx_path, 'openvino'))
     for name, src, backend in runs:
         args = ['generate', '--pkl', src, '--seeds', seeds, '--trunc', '0.7', '--outdir', str(tmp_path / name),
