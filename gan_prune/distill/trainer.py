@@ -481,7 +481,9 @@ class Trainer:
         self._restore_process_state()  # last: setup above may have drawn random numbers
 
         from tqdm import tqdm
-        bar = tqdm(total=total_nimg / 1000, initial=self.cur_nimg / 1000, unit='kimg', disable=not self.is_main,
+        # Training ends at the first step that reaches --kimg, so the last batch may pass it: the bar counts to there.
+        final_nimg = self.cur_nimg + -(-(total_nimg - self.cur_nimg) // self.batch) * self.batch
+        bar = tqdm(total=final_nimg / 1000, initial=self.cur_nimg / 1000, unit='kimg', disable=not self.is_main,
                    bar_format='{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]',
                    file=sys.stderr, dynamic_ncols=True)
         tick_start_nimg, tick_start_time = self.cur_nimg, time.time()
@@ -490,8 +492,6 @@ class Trainer:
             while True:
                 self.train_step()
                 bar.update(self.batch / 1000)
-                if bar.n > bar.total:  # the last batch may pass --kimg: training ends at the first step that reaches it
-                    bar.total = bar.n
                 now = time.time()
                 if self.is_main and now - last_postfix > 1.0:
                     last_postfix = now

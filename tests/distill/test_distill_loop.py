@@ -236,6 +236,16 @@ def test_short_run_writes_a_loadable_run_directory(files, tmp_path):
     np.testing.assert_array_equal(first, np.asarray(PIL.Image.open(os.path.join(run_dir, 'fakes000000.012.png'))))
 
 
+def test_progress_bar_counts_to_the_step_that_ends_the_run(files, tmp_path, capsys):
+    import re
+    # 0.006 kimg at batch 4 ends after the second step, at 0.008 kimg: the bar's total says so from the start.
+    loop.distill(**base_options(files, tmp_path, kimg=1.5 * STEP_KIMG, snap=100, metrics='none'))
+    counts = [(float(n), float(total)) for n, total in re.findall(r'(\d+\.\d{3})/(\d+\.\d{3}) kimg',
+                                                                   capsys.readouterr().err)]
+    assert counts and all(total == 2 * STEP_KIMG for _, total in counts)
+    assert all(n <= total for n, total in counts) and counts[-1][0] == 2 * STEP_KIMG
+
+
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(files, tmp_path):
     from gan_prune.cli import main
