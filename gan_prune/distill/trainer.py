@@ -483,7 +483,8 @@ class Trainer:
         from tqdm import tqdm
         # Training ends at the first step that reaches --kimg, so the last batch may pass it: the bar counts to there.
         final_nimg = self.cur_nimg + -(-(total_nimg - self.cur_nimg) // self.batch) * self.batch
-        bar = tqdm(total=final_nimg / 1000, initial=self.cur_nimg / 1000, unit='kimg', disable=not self.is_main,
+        # Counted in images, shown in kimg: float kimg steps would add up past the total ("<-00:00").
+        bar = tqdm(total=final_nimg, initial=self.cur_nimg, unit='kimg', unit_scale=0.001, disable=not self.is_main,
                    bar_format='{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]',
                    file=sys.stderr, dynamic_ncols=True)
         tick_start_nimg, tick_start_time = self.cur_nimg, time.time()
@@ -491,7 +492,7 @@ class Trainer:
         try:
             while True:
                 self.train_step()
-                bar.update(self.batch / 1000)
+                bar.update(self.batch)
                 now = time.time()
                 if self.is_main and now - last_postfix > 1.0:
                     last_postfix = now

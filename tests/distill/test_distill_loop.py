@@ -240,10 +240,11 @@ def test_progress_bar_counts_to_the_step_that_ends_the_run(files, tmp_path, caps
     import re
     # 0.006 kimg at batch 4 ends after the second step, at 0.008 kimg: the bar's total says so from the start.
     loop.distill(**base_options(files, tmp_path, kimg=1.5 * STEP_KIMG, snap=100, metrics='none'))
-    counts = [(float(n), float(total)) for n, total in re.findall(r'(\d+\.\d{3})/(\d+\.\d{3}) kimg',
-                                                                   capsys.readouterr().err)]
+    err = capsys.readouterr().err
+    counts = [(float(n), float(total)) for n, total in re.findall(r'(\d+\.\d{3})/(\d+\.\d{3}) kimg', err)]
     assert counts and all(total == 2 * STEP_KIMG for _, total in counts)
     assert all(n <= total for n, total in counts) and counts[-1][0] == 2 * STEP_KIMG
+    assert '<-' not in err  # no negative time left
 
 
 @pytest.mark.slow
