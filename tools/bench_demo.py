@@ -1,11 +1,13 @@
 """Which demo settings bring the student closest to its teacher, fastest.
 
 Runs the demo's prune + distill stages (gan_prune.demo.pipeline's calls, the demo's defaults) once per variant,
-each variant changing one setting, and measures the student's FD on EfficientNet-Lite0 features (the demo's
-offline detector; not comparable with Inception FID) against independent teacher samples, before fine-tuning
-(the pruned network) and after (the run's last G_ema).
+each variant changing one setting, and measures two things of the student before fine-tuning (the pruned
+network) and after (the run's last G_ema): its FD on EfficientNet-Lite0 features (the demo's offline detector;
+not comparable with Inception FID) against independent teacher samples, which says whether its images are
+distributed like the teacher's, and the mean pixel difference to the teacher's image of the same latent, which
+says whether each face is the teacher's face (what a person sees in the demo's comparison.png).
 
-    python tools/bench_demo.py --kimg 1 --variants demo,torgb-teacher,ds-teacher,lr-0.005,kd-none
+    python tools/bench_demo.py --kimg 1 --variants demo,rate-0.9,lr-0.005 --png students.png
 
 The table goes to stdout and, unless --no-write, to the "demo-convergence" section of docs/results.md.
 """
@@ -23,22 +25,25 @@ from gan_prune.core import bench
 
 RESULTS_MD = bench.repo_file(__file__, 'docs', 'results.md')
 
-# name -> (toRGB gain at prune time, None for the demo's own, i.e. `gan-prune prune`'s default; distill options
-# that differ from the demo's)
-VARIANTS: dict[str, tuple[str | None, dict]] = {
-    'demo': (None, {}),
-    'torgb-pruned': ('pruned', {}),
-    'torgb-teacher': ('teacher', {}),
-    'ds-teacher': (None, dict(ds_init='teacher')),
-    'lr-0.001': (None, dict(lr=0.001)),
-    'lr-0.005': (None, dict(lr=0.005)),
-    'lr-0.01': (None, dict(lr=0.01)),
-    'batch-8': (None, dict(batch=8)),
-    'batch-32': (None, dict(batch=32)),
-    'kd-none': (None, dict(kd='none')),
-    'dime-x45': (None, dict(dime='effnet-lite0:96=45')),
-    'dime-224': (None, dict(dime='effnet-lite0:224=15')),
-    'no-teacher-d': (None, dict(teacher_d=False)),
+# name -> (prune options that differ from the demo's, distill options that differ from the demo's)
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    'demo': ({}, {}),
+    'rate-0.9': (dict(rate=0.9), {}),
+    'rate-0.8': (dict(rate=0.8), {}),
+    'rate-0.75': (dict(rate=0.75), {}),
+    'torgb-pruned': (dict(torgb_gain='pruned'), {}),
+    'torgb-teacher': (dict(torgb_gain='teacher'), {}),
+    'ds-teacher': ({}, dict(ds_init='teacher')),
+    'lr-0.001': ({}, dict(lr=0.001)),
+    'lr-0.005': ({}, dict(lr=0.005)),
+    'lr-0.01': ({}, dict(lr=0.01)),
+    'batch-8': ({}, dict(batch=8)),
+    'batch-32': ({}, dict(batch=32)),
+    'kd-none': ({}, dict(kd='none')),
+    'dime-x45': ({}, dict(dime='effnet-lite0:96=45')),
+    'dime-64': ({}, dict(dime='effnet-lite0:64=15')),
+    'dime-224': ({}, dict(dime='effnet-lite0:224=15')),
+    'no-teacher-d': ({}, dict(teacher_d=False)),
 }
 
 
@@ -59,19 +64,21 @@ def distill_variant(o: dict, pruned_pkl: str, data: str, workdir: str, name: str
 
 def main() -> None:
     from gan_prune import load_network_pkl
-    from gan_prune.defaults import DEMO, PRUNE
-    from gan_prune.demo.pipeline import write_demo_data
+    from gan_prune.defaults import DEMO
+    from gan_prune.demo.pipeline import write_comparison, write_demo_data
     from gan_prune.metrics.compute import fid_from_moments
     from gan_prune.metrics.detectors import build_detector
     from gan_prune.prune.pipeline import prune
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--variants', default='demo,torgb-teacher,ds-teacher,lr-0.005,kd-none',
+    p.add_argument('--variants', default='demo,rate-0.9,lr-0.005,ds-teacher,kd-none',
                    help=f'Comma-separated, from: {", ".join(VARIANTS)} (default: %(default)s).')
     p.add_argument('--kimg', type=float, default=DEMO['kimg'], help='Distillation length (default: the demo\'s).')
     p.add_argument('--seeds', default='0', help='Training seeds, comma-separated (default: %(default)s).')
     p.add_argument('--num', type=int, default=1300, help='Images per model for FD (> 1280, the feature size).')
     p.add_argument('--workdir', default=None, help='Where data, pruned pickles and runs go (default: a temp dir).')
+    p.add_argument('--png', default=None,
+                   help='Also write the students beside the teacher, seeds 0-9, one row per run, to this PNG.')
     bench.add_report_option(p, 'docs/results.md')
     args = p.parse_args()
     names = [n.strip() for n in args.variants.split(',') if n.strip()]
@@ -86,38 +93,55 @@ def main() -> None:
     teacher = load_network_pkl(o['teacher'])['G_ema']
     detector = build_detector('effnet-lite0', device='cpu')
     reference = bench.feature_moments(detector, bench.render(teacher, args.num, seed=1))
+    teacher_same_z = bench.render(teacher, args.num, seed=0)
 
-    def fd(G: torch.nn.Module) -> float:
-        return fid_from_moments(*bench.feature_moments(detector, bench.render(G, args.num, seed=0)), *reference)
+    def measure(G: torch.nn.Module) -> tuple[float, float]:
+        """FD against independent teacher samples; mean |student - teacher| per pixel for the same z (0-255)."""
+        images = bench.render(G, args.num, seed=0)
+        fd = fid_from_moments(*bench.feature_moments(detector, images), *reference)
+        return fd, float((images - teacher_same_z).abs().mean()) * 127.5
 
-    rows = ['| setting | seed | kimg | FD vs teacher, pruned | FD vs teacher, after | wall s | load avg (1, 5, 15 min) |',
-            '|---|---|---|---|---|---|---|',
-            f'| teacher itself (other z) | - | - | {fd(teacher):.2f} | - | - | {bench.load_average()} |']
+    rows = ['| setting | rate | seed | kimg | FD vs teacher, pruned | FD vs teacher, after | L1 same z, pruned | '
+            'L1 same z, after | wall s | load avg (1, 5, 15 min) |',
+            '|---|---|---|---|---|---|---|---|---|---|',
+            f'| teacher itself (other z) | - | - | - | {measure(teacher)[0]:.2f} | - | - | - | - | '
+            f'{bench.load_average()} |']
     print('\n'.join(rows), flush=True)
-    pruned: dict[str, tuple[str, float]] = {}
+    pictures = {'teacher': teacher}
+    pruned: dict[tuple, tuple[str, tuple[float, float]]] = {}
     for name in names:
-        gain, overrides = VARIANTS[name]
-        gain = gain or PRUNE['torgb_gain']
-        if gain not in pruned:
-            pkl = os.path.join(workdir, f'pruned-{gain}.pkl')
-            prune(o['teacher'], pkl, rate=float(o['rate']), criterion=o['criterion'], mask=o['mask'],
-                  samples=int(o['prune_samples']), seed=int(o['seed']), device='cpu', torgb_gain=gain, log=None)
-            pruned[gain] = (pkl, fd(load_network_pkl(pkl)['G_ema']))
-        pkl, fd_before = pruned[gain]
+        prune_overrides, overrides = VARIANTS[name]
+        prune_options = dict(rate=float(o['rate']), criterion=o['criterion'], mask=o['mask'],
+                             samples=int(o['prune_samples']), seed=int(o['seed']))
+        prune_options.update(prune_overrides)
+        key = tuple(sorted(prune_options.items()))
+        if key not in pruned:
+            pkl = os.path.join(workdir, f'pruned-{len(pruned)}.pkl')
+            prune(o['teacher'], pkl, device='cpu', log=None, **prune_options)
+            pruned[key] = (pkl, measure(load_network_pkl(pkl)['G_ema']))
+        pkl, (fd_before, l1_before) = pruned[key]
         for seed in [int(s) for s in args.seeds.split(',')]:
             t = time.time()
             snapshot = distill_variant(o, pkl, data, workdir, name, args.kimg, seed, overrides)
-            fd_after = fd(load_network_pkl(snapshot)['G_ema'])
-            rows.append(f'| {name} | {seed} | {args.kimg:g} | {fd_before:.2f} | {fd_after:.2f} | '
-                        f'{time.time() - t:.0f} | {bench.load_average()} |')
+            student = load_network_pkl(snapshot)['G_ema']
+            fd_after, l1_after = measure(student)
+            pictures[f'{name}, seed {seed}'] = student
+            rows.append(f'| {name} | {prune_options["rate"]:g} | {seed} | {args.kimg:g} | {fd_before:.2f} | '
+                        f'{fd_after:.2f} | {l1_before:.1f} | {l1_after:.1f} | {time.time() - t:.0f} | '
+                        f'{bench.load_average()} |')
             print(rows[-1], flush=True)
+    if args.png:
+        write_comparison(pictures, list(range(10)), args.png)
+        print(f'wrote {args.png}')
     text = '\n'.join([
-        '### Demo convergence: the student\'s FD against its teacher per setting', '',
+        '### Demo convergence: how close the student comes to its teacher per setting', '',
         f'Measured {datetime.date.today().isoformat()} on: {bench.machine_line()}.', '',
         f'Command: `{bench.command_line("bench_demo.py").strip()}` ({time.time() - started:.0f} s). The demo\'s '
-        f'prune + distill with one setting changed per row; FD on EfficientNet-Lite0 features of {args.num} '
-        'images (G_ema, constant noise) against independent teacher samples. "wall s" covers distillation and '
-        'the FD of the result.', '',
+        'prune + distill with one setting changed per row. FD on EfficientNet-Lite0 features of '
+        f'{args.num} images (G_ema, constant noise) against independent teacher samples: how close the '
+        'distributions are. L1 same z: the mean absolute pixel difference (0-255) between student and teacher '
+        f'images of the same {args.num} latents: how much each face looks like the teacher\'s own. "wall s" '
+        'covers distillation and the measures of the result.', '',
         *rows])
     if not args.no_write:
         bench.write_section('demo-convergence', text, RESULTS_MD)

@@ -79,7 +79,8 @@ def run_demo(log: Callable[[str], None] = print, **options) -> dict:
               'student': gan_prune.load_network_pkl(student_pkl)['G_ema']}
     from gan_prune.generate import parse_seeds
     seeds = parse_seeds(o['seeds'])
-    write_comparison(models, seeds, os.path.join(outdir, 'comparison.png'))
+    write_comparison({MODEL_LABELS[name]: G for name, G in models.items()}, seeds,
+                     os.path.join(outdir, 'comparison.png'))
     rows = evaluate_models(models, data, o, log)
     timings['evaluate'] = time.time() - t
     timings['total'] = time.time() - started
@@ -124,17 +125,17 @@ def export_generator(snapshot_pkl: str, out: str, pruned_pkl: str | None = None)
     gan_prune.save_network_pkl(data, out)
 
 
-def write_comparison(models: dict[str, torch.nn.Module], seeds: list[int], path: str) -> None:
-    """One row per model, one column per seed (the seeds of gan-prune generate), enlarged, labelled."""
+def write_comparison(rows: dict[str, torch.nn.Module], seeds: list[int], path: str) -> None:
+    """One row per generator (key: its label), one column per seed (the seeds of gan-prune generate), enlarged."""
     import PIL.Image
     import PIL.ImageDraw
     from gan_prune.generate import render_seeds
-    rows = []
-    for G in models.values():
+    strips = []
+    for G in rows.values():
         imgs = [img for _, img in render_seeds(G.cpu(), seeds, noise_mode='const')]
-        rows.append(np.concatenate(imgs, axis=1))
-    grid = np.concatenate(rows, axis=0)
-    h = models['teacher'].img_resolution * TILE_SCALE
+        strips.append(np.concatenate(imgs, axis=1))
+    grid = np.concatenate(strips, axis=0)
+    h = grid.shape[0] // len(strips) * TILE_SCALE
     image = PIL.Image.fromarray(grid).resize((grid.shape[1] * TILE_SCALE, grid.shape[0] * TILE_SCALE),
                                              PIL.Image.Resampling.NEAREST)
     label_w = 230
@@ -142,8 +143,8 @@ def write_comparison(models: dict[str, torch.nn.Module], seeds: list[int], path:
     canvas.paste(image, (label_w, 0))
     draw = PIL.ImageDraw.Draw(canvas)
     font = _font(16)
-    for i, name in enumerate(models):
-        draw.text((8, i * h + h // 2 - 8), MODEL_LABELS[name], fill='black', font=font)
+    for i, label in enumerate(rows):
+        draw.text((8, i * h + h // 2 - 8), label, fill='black', font=font)
     atomic_write(path, lambda f: canvas.save(f, format='PNG'))
 
 
