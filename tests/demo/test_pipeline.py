@@ -8,6 +8,7 @@ import torch
 
 import gan_prune
 from gan_prune.cli import main
+from gan_prune.defaults import DEMO
 from gan_prune.demo import pipeline
 from gan_prune.io.builtin import shipped_path
 from gan_prune.errors import GanPruneError
@@ -64,7 +65,8 @@ def test_demo_student_is_a_compact_pruned_snapshot(demo_run):
     assert student['G'] is student['G_ema']  # stored once
     assert student['pruning']['rate'] == pytest.approx(pruned['pruning']['rate'])
     rate = 1 - generator_cost(student['G_ema']).total_macs / generator_cost(teacher['G_ema']).total_macs
-    assert rate >= TINY.get('rate', 0.9) - 1e-9
+    assert rate == pytest.approx(student['pruning']['rate'])  # the record says what was built
+    assert student['pruning']['target_rate'] == DEMO['rate'] and abs(rate - DEMO['rate']) < 0.01  # nearest config
     # Fine-tuning changed the student: its weights are no longer those of the pruned network.
     changed = [not torch.equal(a, b) for a, b in zip(student['G_ema'].parameters(), pruned['G_ema'].parameters())]
     assert any(changed)
