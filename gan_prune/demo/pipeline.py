@@ -181,9 +181,20 @@ def evaluate_models(models: dict[str, torch.nn.Module], data: str, o: dict,
                                          num_gen=int(o['metrics_num_gen']), device=device, progress=True, log=log,
                                          gen_cache=samples)
         cost = generator_cost(G)
+        same_z = None if name == 'teacher' else same_latent_distance(G, teacher)
         rows.append(dict(model=name, label=MODEL_LABELS[name], vs_data=vs_data, vs_teacher=vs_teacher,
-                         params=cost.total_params, macs=cost.total_macs, latency_ms=latency[name]))
+                         same_z_l1=same_z, params=cost.total_params, macs=cost.total_macs,
+                         latency_ms=latency[name]))
     return rows
+
+
+def same_latent_distance(G: torch.nn.Module, teacher: torch.nn.Module, num: int = 256) -> float:
+    """Mean absolute pixel difference (0-255) between G's and the teacher's images of the same `num` latents,
+    constant noise: whether each face is the teacher's own (what comparison.png shows), which FD, a distance
+    between distributions, does not measure."""
+    from gan_prune.core.bench import render
+    G_images, teacher_images = render(G, num, seed=0), render(teacher, num, seed=0)
+    return float((G_images.cpu() - teacher_images.cpu()).abs().mean()) * 127.5
 
 
 def cpu_latencies_ms(models: dict[str, torch.nn.Module], batch: int = 4, rounds: int = 21) -> dict[str, float]:
@@ -219,12 +230,14 @@ def results_table(rows: list[dict]) -> str:
     vs_teacher = any(r['vs_teacher'] for r in rows)
     head = (['model'] + [f'{display_name(c)} vs data' for c in cols]
             + ([f'{display_name(c)} vs teacher' for c in cols] if vs_teacher else [])
-            + ['params', 'MACs/img', 'MACs vs teacher', 'CPU ms (batch 4, 1 thread)', 'speed-up'])
+            + ['pixel L1 to teacher, same z', 'params', 'MACs/img', 'MACs vs teacher', 'CPU ms (batch 4, 1 thread)',
+               'speed-up'])
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         cells = [r['label']] + [_fmt(r['vs_data'].get(c)) for c in cols]
         cells += [_fmt(r['vs_teacher'].get(c)) for c in cols] if vs_teacher else []
-        cells += [f'{r["params"] / 1e3:.0f} k', f'{r["macs"] / 1e6:.1f} M', f'{teacher["macs"] / r["macs"]:.1f}x',
+        cells += [_fmt(r.get('same_z_l1')), f'{r["params"] / 1e3:.0f} k', f'{r["macs"] / 1e6:.1f} M',
+                  f'{teacher["macs"] / r["macs"]:.1f}x',
                   f'{r["latency_ms"]:.1f}', f'{teacher["latency_ms"] / r["latency_ms"]:.1f}x']
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
@@ -245,7 +258,9 @@ def results_markdown(results: dict) -> str:
         f'`{o["mask"]}`), then NICKEL & DiME for {o["kimg"]:g} kimg at batch {o["batch"]} (DiME `{o["dime"]}`, '
         f'NICKEL weight {o["nickel_weight"]:g}). Metrics on {o["metrics_num_gen"]} generated images per model with '
         'the bundled EfficientNet-Lite0 detector (not Inception: the numbers are not comparable with published '
-        'FIDs); lower is better. CPU latency: median process CPU time of 21 calls of G(z, c), batch 4, fp32, '
+        'FIDs); lower is better. Pixel L1 to teacher, same z: the mean absolute difference (0-255) between the '
+        'model\'s and the teacher\'s images of the same 256 latents, i.e. how much each face is the teacher\'s own '
+        '(FD compares distributions only). CPU latency: median process CPU time of 21 calls of G(z, c), batch 4, fp32, '
         '1 thread, the models taking turns. At 32 px and batch 4 fixed per-layer costs dominate, so the speed-up '
         'is far below the MAC ratio; see docs/benchmarks.md for 256 px.', '',
         results_table(results['models']), '',

@@ -1,4 +1,5 @@
 """`gan-prune demo` end to end on the bundled teacher, at a size that runs in about a minute."""
+import copy
 import json
 import os
 
@@ -49,8 +50,10 @@ def test_demo_writes_every_artefact(demo_run):
     for row in results['models']:
         assert set(row['vs_data']) == {'fid_effnet-lite0', 'kid_effnet-lite0'} and row['latency_ms'] > 0
         assert set(row['vs_teacher']) == (set() if row['model'] == 'teacher' else set(row['vs_data']))
+        assert (row['same_z_l1'] is None) == (row['model'] == 'teacher')
+    assert results['models'][1]['same_z_l1'] > 0
     md = (out / 'results.md').read_text()
-    assert '| NICKEL & DiME student |' in md and 'FD (effnet-lite0) vs data' in md
+    assert '| NICKEL & DiME student |' in md and 'FD (effnet-lite0) vs data' in md and 'same z' in md
     # Three rows (teacher, pruned, student) of 3 seeds, each image enlarged 4x, after a label column.
     width, height = PIL.Image.open(out / 'comparison.png').size
     assert height == 3 * 32 * pipeline.TILE_SCALE and width > 3 * 32 * pipeline.TILE_SCALE
@@ -93,3 +96,12 @@ def test_demo_cli_help_and_error(capsys, tmp_path):
     assert e.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith('error:') and '--rate' in err and '\n' not in err
+
+
+def test_same_latent_distance_is_zero_for_the_teacher_only():
+    teacher = gan_prune.load_network_pkl('builtin:teacher')['G_ema']
+    other = copy.deepcopy(teacher)
+    with torch.no_grad():
+        other.synthesis.b32.torgb.bias.add_(0.1)  # every pixel moves by 0.1 in [-1, 1], i.e. 12.75 in 0-255
+    assert pipeline.same_latent_distance(teacher, teacher, num=8) == 0
+    assert pipeline.same_latent_distance(other, teacher, num=8) == pytest.approx(12.75, rel=0.05)
