@@ -86,7 +86,7 @@ def run_demo(log: Callable[[str], None] = print, **options) -> dict:
     timings['total'] = time.time() - started
 
     results = dict(models=rows, run_dir=os.path.relpath(run_dir, outdir), snapshot=os.path.basename(snapshot),
-                   options=o, seconds=timings, pruning_report=result.report,
+                   options=o, seconds=timings, pruning_report=result.report, rate=result.data['pruning']['rate'],
                    machine=machine_description())
     atomic_write(os.path.join(outdir, 'results.json'), lambda f: json.dump(results, f, indent=2, default=str),
                  binary=False)
@@ -254,7 +254,8 @@ def results_markdown(results: dict) -> str:
     secs = results['seconds']
     return '\n'.join([
         '# gan-prune demo results', '',
-        f'Teacher `{o["teacher"]}`, pruned to a FLOPs rate of {o["rate"]:.2%} ({o["criterion"]}, mask '
+        f'Teacher `{o["teacher"]}`, pruned to a FLOPs rate of {results["rate"]:.2%} (asked for {o["rate"]:.2%}; '
+        f'the nearest uniform channel configuration; {o["criterion"]}, mask '
         f'`{o["mask"]}`), then NICKEL & DiME for {o["kimg"]:g} kimg at batch {o["batch"]} (DiME `{o["dime"]}`, '
         f'NICKEL weight {o["nickel_weight"]:g}). Metrics on {o["metrics_num_gen"]} generated images per model with '
         'the bundled EfficientNet-Lite0 detector (not Inception: the numbers are not comparable with published '

@@ -68,7 +68,8 @@ def test_demo_student_is_a_compact_pruned_snapshot(demo_run):
     assert student['G'] is student['G_ema']  # stored once
     assert student['pruning']['rate'] == pytest.approx(pruned['pruning']['rate'])
     rate = 1 - generator_cost(student['G_ema']).total_macs / generator_cost(teacher['G_ema']).total_macs
-    assert rate == pytest.approx(student['pruning']['rate'])  # the record says what was built
+    assert rate == pytest.approx(student['pruning']['rate']) == results['rate']  # the records say what was built
+    assert f'FLOPs rate of {rate:.2%} (asked for {DEMO["rate"]:.2%}' in (out / 'results.md').read_text()
     assert student['pruning']['target_rate'] == DEMO['rate'] and abs(rate - DEMO['rate']) < 0.01  # nearest config
     # Fine-tuning changed the student: its weights are no longer those of the pruned network.
     changed = [not torch.equal(a, b) for a, b in zip(student['G_ema'].parameters(), pruned['G_ema'].parameters())]
