@@ -29,9 +29,7 @@ RESULTS_MD = bench.repo_file(__file__, 'docs', 'results.md')
 VARIANTS: dict[str, tuple[dict, dict]] = {
     'demo': ({}, {}),
     'rate-0.9': (dict(rate=0.9), {}),
-    'rate-0.8': (dict(rate=0.8), {}),
     'rate-0.75': (dict(rate=0.75), {}),
-    'torgb-pruned': (dict(torgb_gain='pruned'), {}),
     'torgb-teacher': (dict(torgb_gain='teacher'), {}),
     'ds-teacher': ({}, dict(ds_init='teacher')),
     'lr-0.001': ({}, dict(lr=0.001)),
