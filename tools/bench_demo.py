@@ -63,7 +63,7 @@ def distill_variant(o: dict, pruned_pkl: str, data: str, workdir: str, name: str
 def main() -> None:
     from gan_prune import load_network_pkl
     from gan_prune.defaults import DEMO
-    from gan_prune.demo.pipeline import write_comparison, write_demo_data
+    from gan_prune.demo.pipeline import same_latent_distance, write_comparison, write_demo_data
     from gan_prune.metrics.compute import fid_from_moments
     from gan_prune.metrics.detectors import build_detector
     from gan_prune.prune.pipeline import prune
@@ -97,7 +97,7 @@ def main() -> None:
         """FD against independent teacher samples; mean |student - teacher| per pixel for the same z (0-255)."""
         images = bench.render(G, args.num, seed=0)
         fd = fid_from_moments(*bench.feature_moments(detector, images), *reference)
-        return fd, float((images - teacher_same_z).abs().mean()) * 127.5
+        return fd, same_latent_distance(images, teacher_same_z)
 
     rows = ['| setting | rate | seed | kimg | FD vs teacher, pruned | FD vs teacher, after | L1 same z, pruned | '
             'L1 same z, after | wall s | load avg (1, 5, 15 min) |',

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from gan_prune.core.device import module_device
 from gan_prune.core.images import float_to_uint8
 from gan_prune.fileio import atomic_write
 
@@ -87,11 +88,13 @@ class FeatureDetector(Protocol):
 
 def render(G: torch.nn.Module, num: int, seed: int, batch: int = 256) -> torch.Tensor:
     """`num` float images of G for the latents RandomState(seed).randn(num, z_dim), zero labels, constant noise,
-    fp32: the same images on every run and device, so that a report's rows stay comparable."""
-    z = torch.from_numpy(np.random.RandomState(seed).randn(num, G.z_dim).astype(np.float32))
+    fp32: the same images on every run and device, so that a report's rows stay comparable. G runs where its
+    weights are; the images come back on the CPU."""
+    device = module_device(G)
+    z = torch.from_numpy(np.random.RandomState(seed).randn(num, G.z_dim).astype(np.float32)).to(device)
     with torch.no_grad():
-        return torch.cat([G(part, torch.zeros([len(part), G.c_dim]), noise_mode='const', force_fp32=True)
-                          for part in z.split(batch)])
+        return torch.cat([G(part, torch.zeros([len(part), G.c_dim], device=device), noise_mode='const',
+                            force_fp32=True).cpu() for part in z.split(batch)])
 
 
 def feature_moments(detector: FeatureDetector, images: torch.Tensor, batch: int = 128

@@ -24,6 +24,7 @@ from gan_prune.runtime.latency import machine_description
 
 MODEL_LABELS = {'teacher': 'teacher', 'pruned': 'pruned (no fine-tuning)', 'student': 'NICKEL & DiME student'}
 TILE_SCALE = 4  # 32 px images are enlarged (nearest neighbour) so faces are visible in the comparison
+SAME_LATENTS = 256  # images per model for the pixel distance to the teacher's image of the same latent
 
 
 def run_demo(log: Callable[[str], None] = print, **options) -> dict:
@@ -159,6 +160,7 @@ def _font(size: int):
 def evaluate_models(models: dict[str, torch.nn.Module], data: str, o: dict,
                     log: Callable[[str], None]) -> list[dict]:
     """Metrics against the data and the teacher, parameters, MACs and CPU latency of each model."""
+    from gan_prune.core.bench import render
     from gan_prune.core.device import resolve_device
     from gan_prune.metrics.compute import compute_metrics
     from gan_prune.metrics.detectors import build_detector
@@ -167,6 +169,7 @@ def evaluate_models(models: dict[str, torch.nn.Module], data: str, o: dict,
     device = resolve_device(o['device'])
     detector = build_detector('effnet-lite0', device=device)
     teacher = models['teacher'].to(device)
+    teacher_images = render(teacher, SAME_LATENTS, seed=0)  # rendered once, compared with every other model's
     rows = []
     for name, G in models.items():
         G = G.to(device)
@@ -181,20 +184,19 @@ def evaluate_models(models: dict[str, torch.nn.Module], data: str, o: dict,
                                          num_gen=int(o['metrics_num_gen']), device=device, progress=True, log=log,
                                          gen_cache=samples)
         cost = generator_cost(G)
-        same_z = None if name == 'teacher' else same_latent_distance(G, teacher)
+        same_z = (None if name == 'teacher'
+                  else same_latent_distance(render(G, SAME_LATENTS, seed=0), teacher_images))
         rows.append(dict(model=name, label=MODEL_LABELS[name], vs_data=vs_data, vs_teacher=vs_teacher,
                          same_z_l1=same_z, params=cost.total_params, macs=cost.total_macs,
                          latency_ms=latency[name]))
     return rows
 
 
-def same_latent_distance(G: torch.nn.Module, teacher: torch.nn.Module, num: int = 256) -> float:
-    """Mean absolute pixel difference (0-255) between G's and the teacher's images of the same `num` latents,
-    constant noise: whether each face is the teacher's own (what comparison.png shows), which FD, a distance
-    between distributions, does not measure."""
-    from gan_prune.core.bench import render
-    G_images, teacher_images = render(G, num, seed=0), render(teacher, num, seed=0)
-    return float((G_images.cpu() - teacher_images.cpu()).abs().mean()) * 127.5
+def same_latent_distance(images: torch.Tensor, teacher_images: torch.Tensor) -> float:
+    """Mean absolute pixel difference (0-255) between a model's and the teacher's float images in [-1, 1] of the
+    same latents (gan_prune.core.bench.render): whether each face is the teacher's own (what comparison.png
+    shows), which FD, a distance between distributions, does not measure."""
+    return float((images - teacher_images).abs().mean()) * 127.5
 
 
 def cpu_latencies_ms(models: dict[str, torch.nn.Module], batch: int = 4, rounds: int = 21) -> dict[str, float]:
@@ -260,10 +262,10 @@ def results_markdown(results: dict) -> str:
         f'NICKEL weight {o["nickel_weight"]:g}). Metrics on {o["metrics_num_gen"]} generated images per model with '
         'the bundled EfficientNet-Lite0 detector (not Inception: the numbers are not comparable with published '
         'FIDs); lower is better. Pixel L1 to teacher, same z: the mean absolute difference (0-255) between the '
-        'model\'s and the teacher\'s images of the same 256 latents, i.e. how much each face is the teacher\'s own '
-        '(FD compares distributions only). CPU latency: median process CPU time of 21 calls of G(z, c), batch 4, fp32, '
-        '1 thread, the models taking turns. At 32 px and batch 4 fixed per-layer costs dominate, so the speed-up '
-        'is far below the MAC ratio; see docs/benchmarks.md for 256 px.', '',
+        f'model\'s and the teacher\'s images of the same {SAME_LATENTS} latents, i.e. how much each face is the '
+        'teacher\'s own (FD compares distributions only). CPU latency: median process CPU time of 21 calls of '
+        'G(z, c), batch 4, fp32, 1 thread, the models taking turns. At 32 px and batch 4 fixed per-layer costs '
+        'dominate, so the speed-up is far below the MAC ratio; see docs/benchmarks.md for 256 px.', '',
         results_table(results['models']), '',
         f'Images: comparison.png (rows: {", ".join(MODEL_LABELS.values())}; same seeds {o["seeds"]}). '
         f'Plot: results.png. Run directory: {results["run_dir"]}.', '',

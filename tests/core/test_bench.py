@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from gan_prune.core import bench
@@ -62,3 +63,12 @@ def test_render_and_feature_moments_are_fixed_by_the_seed():
     mean, cov = bench.feature_moments(_MeanColour(), images, batch=2)
     feats = _MeanColour().features(float_to_uint8(images)).double().numpy()
     assert np.allclose(mean, feats.mean(axis=0)) and np.allclose(cov, np.cov(feats, rowvar=False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device: render on a GPU-resident network')
+def test_render_runs_a_network_where_its_weights_are():
+    G = torch.nn.Linear(3, 12).cuda()
+    G.z_dim, G.c_dim = 3, 0
+    G.forward = lambda z, c, noise_mode, force_fp32: torch.nn.Linear.forward(G, z).view(-1, 3, 2, 2)
+    images = bench.render(G, 5, seed=0)
+    assert images.device.type == 'cpu' and images.shape == (5, 3, 2, 2)
